@@ -1,0 +1,1 @@
+"""Floor 2: networks (UNet, transformer blocks, autoencoder), no diffusion math."""
