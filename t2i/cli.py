@@ -18,10 +18,35 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score images or models on a benchmark")
+    benches = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    s = benches.add_parser("shapes", help="ShapesEval: exact, detector-scored ShapesWorld prompts")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--real", action="store_true", help="score ground-truth renders (the ceiling)")
+    src.add_argument("--images", metavar="DIR", help="score a folder of {prompt_index:04d}_{k}.png files")
+    s.add_argument("--n-per-prompt", type=int, default=4, metavar="N", help="images per prompt (--real)")
+    s.add_argument("--size", type=int, default=64, help="render size for --real (scoring is at 64 px)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    s.set_defaults(func=_run_eval_shapes)
+
+
+def _run_eval_shapes(args: argparse.Namespace) -> int:
+    from t2i.eval.run import run_eval_shapes
+
+    try:
+        run_eval_shapes(args.real, args.images, args.n_per_prompt, args.size, args.json, args.seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2i", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
+    _add_eval(sub)
     return parser
 
 
