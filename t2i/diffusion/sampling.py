@@ -1,0 +1,58 @@
+"""The front door: sigmas for a denoiser, the initial noise, and one call that samples."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from t2i.diffusion.denoisers import Cond, Denoiser
+from t2i.diffusion.samplers import Callback, get_sampler, randn
+from t2i.diffusion.schedules import TIMESTEP_SPACINGS, karras_sigmas
+
+SPACINGS = sorted(TIMESTEP_SPACINGS) + ["karras"]
+
+
+def sampling_sigmas(denoiser: Denoiser, steps: int, spacing: str = "leading", offset: int = 0) -> torch.Tensor:
+    """Descending sigmas ending with 0: the schedule's timestep spacings for discrete-time
+    denoisers, or Karras et al.'s rho-spacing (any denoiser with sigma_min / sigma_max)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if spacing == "karras":
+        return karras_sigmas(steps, denoiser.sigma_min, denoiser.sigma_max)
+    schedule = getattr(denoiser, "schedule", None)
+    if schedule is None:
+        raise ValueError(f"spacing {spacing!r} needs a discrete-time denoiser; use 'karras'")
+    return schedule.sampling_sigmas(steps, spacing, offset)
+
+
+def check_sigmas(sigmas: torch.Tensor) -> None:
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError("sigmas must be a 1-D tensor with at least two entries (one step)")
+    if not bool(torch.isfinite(sigmas).all()) or bool((sigmas < 0).any()):
+        raise ValueError("sigmas must be finite and non-negative")
+    if bool((sigmas[1:] > sigmas[:-1]).any()):
+        raise ValueError("sigmas must not increase")
+
+
+def sample(denoiser: Denoiser, shape: Sequence[int], *, steps: int = 50, sampler: str = "dpmpp_2m",
+           spacing: str = "leading", sigmas: torch.Tensor | None = None, cond: Cond | None = None,
+           generator: torch.Generator | None = None, x_start: torch.Tensor | None = None,
+           device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+           callback: Callback = None, **sampler_options: float) -> torch.Tensor:
+    """Draw samples of `shape` (B, ...). The initial noise comes from `generator` (CPU by default)
+    scaled to the first sigma; `x_start` (a clean sample) starts from x_start + noise instead
+    (img2img: pass the tail of the sigmas)."""
+    sampler_fn = get_sampler(sampler)
+    if sigmas is None:
+        sigmas = sampling_sigmas(denoiser, steps, spacing)
+    check_sigmas(sigmas)
+    like = torch.empty((), device=device, dtype=dtype)
+    noise = randn(tuple(shape), like, generator)
+    sigma0 = float(sigmas[0])
+    if x_start is None:
+        x = noise * denoiser.noise_scale(sigma0)
+    else:
+        x = x_start.to(device=device, dtype=dtype) + noise * sigma0
+    return sampler_fn(denoiser, x, sigmas.to(device), cond=cond, generator=generator, callback=callback,
+                      **sampler_options)
