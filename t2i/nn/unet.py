@@ -1,0 +1,291 @@
+"""The one UNet of the ADM / LDM family, configured (never subclassed) by every system.
+
+Ho et al. 2020 (DDPM UNet), Dhariwal & Nichol 2021 (ADM: scale-shift norm, class embedding),
+Nichol et al. 2021 (GLIDE: pooled text token, context keys/values in every attention layer),
+Rombach et al. 2022 (LDM: spatial transformers with cross-attention), Saharia et al. 2022
+(Imagen: pooled + token conditioning), Zhang et al. 2023 (ControlNet: additive residuals).
+A feature is on when its config field or its conditioning input is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from t2i.nn.embeddings import TimestepMLP, timestep_embedding
+from t2i.nn.resblock import Downsample, ResBlock, Upsample
+from t2i.nn.spatial_transformer import AttentionBlock, SpatialTransformer
+
+ATTENTION_BLOCKS = ("transformer", "adm")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of a UNet; defaults are Stable Diffusion 1.x's."""
+
+    in_channels: int = 4  # larger for inpainting (mask + masked image) or super-resolution (low-res image)
+    out_channels: int = 4
+    block_channels: tuple[int, ...] = (320, 640, 1280, 1280)  # width of each resolution level
+    num_res_blocks: int = 2  # per level on the way down (one more on the way up)
+    attention_levels: tuple[int, ...] = (0, 1, 2)  # levels (0 = full resolution) that have attention
+    mid_attention: bool = True
+    num_heads: int | tuple[int, ...] | None = 8  # per model or per level; exclusive with head_dim
+    head_dim: int | None = None  # fixed head width (heads = channels // head_dim)
+    transformer_depth: int = 1  # transformer blocks per attention layer ("transformer" only)
+    attention_block: str = "transformer"  # "transformer": LDM spatial transformer; "adm": ADM/GLIDE block
+    context_dim: int | None = 768  # token context width: cross-attention, or GLIDE's concatenated k/v ("adm")
+    time_embed_dim: int | None = None  # default 4 * block_channels[0]
+    scale_shift: bool = False  # ADM's AdaGN (timestep as scale and shift) instead of LDM's addition
+    pooled_dim: int | None = None  # a (B, P) vector added to the time embedding after a projection
+    pooled_mlp: bool = False  # project pooled with Linear-SiLU-Linear instead of one Linear
+    num_classes: int | None = None  # integer labels (B,) looked up in a table and added to the time embedding
+    norm_groups: int = 32
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise ValueError(f"UNetConfig: {msg}")
+
+        object.__setattr__(self, "block_channels", tuple(int(c) for c in self.block_channels))
+        object.__setattr__(self, "attention_levels", tuple(sorted(int(i) for i in self.attention_levels)))
+        if isinstance(self.num_heads, (list, tuple)):
+            object.__setattr__(self, "num_heads", tuple(int(n) for n in self.num_heads))
+        if not self.block_channels or self.num_res_blocks < 1:
+            bad("needs at least one level and one res block per level")
+        if any(not 0 <= i < len(self.block_channels) for i in self.attention_levels):
+            bad(f"attention_levels {self.attention_levels} outside levels 0..{len(self.block_channels) - 1}")
+        if self.attention_block not in ATTENTION_BLOCKS:
+            bad(f"attention_block must be one of {ATTENTION_BLOCKS}, got {self.attention_block!r}")
+        if (self.num_heads is None) == (self.head_dim is None):
+            bad("set exactly one of num_heads and head_dim")
+        if isinstance(self.num_heads, tuple) and len(self.num_heads) != len(self.block_channels):
+            bad(f"num_heads per level needs {len(self.block_channels)} entries, got {len(self.num_heads)}")
+        if self.pooled_dim is not None and self.num_classes is not None:
+            bad("pooled_dim and num_classes are exclusive (one vector is added to the time embedding)")
+        if any(c % self.norm_groups for c in self.block_channels):
+            bad(f"every block channel count must be divisible by norm_groups={self.norm_groups}")
+        for level in set(self.attention_levels) | ({len(self.block_channels) - 1} if self.mid_attention else set()):
+            self.heads_at(level)  # raises on widths that heads do not divide
+
+    @property
+    def emb_dim(self) -> int:
+        return self.time_embed_dim or 4 * self.block_channels[0]
+
+    def heads_at(self, level: int) -> tuple[int, int]:
+        """(heads, head_dim) of the attention layers at a level; the middle block uses the last level's."""
+        ch = self.block_channels[level]
+        if self.head_dim is not None:
+            heads, width = ch // self.head_dim, self.head_dim
+        else:
+            heads = self.num_heads[level] if isinstance(self.num_heads, tuple) else self.num_heads
+            width = ch // heads
+        if heads < 1 or heads * width != ch:
+            raise ValueError(f"UNetConfig: level {level} has {ch} channels, not divisible into {heads} heads")
+        return heads, width
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"UNetConfig: unknown fields {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+class UNetBlock(nn.Module):
+    """One step of the UNet path: an optional ResBlock, optional attention, optional resampling (ADM)."""
+
+    def __init__(
+        self,
+        res: ResBlock | None = None,
+        attn: nn.Module | None = None,
+        down: Downsample | None = None,
+        up: Upsample | None = None,
+    ):
+        super().__init__()
+        self.res, self.attn, self.down, self.up = res, attn, down, up
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+        size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        if self.res is not None:
+            h = self.res(h, emb)
+        if self.attn is not None:
+            h = self.attn(h, context, context_mask)
+        if self.down is not None:
+            h = self.down(h)
+        if self.up is not None:
+            h = self.up(h, size)
+        return h
+
+
+class MiddleBlock(nn.Module):
+    """ResBlock, attention (optional), ResBlock at the lowest resolution (ADM)."""
+
+    def __init__(self, res1: ResBlock, attn: nn.Module | None, res2: ResBlock):
+        super().__init__()
+        self.res1, self.attn, self.res2 = res1, attn, res2
+
+    def forward(
+        self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        h = self.res1(h, emb)
+        if self.attn is not None:
+            h = self.attn(h, context, context_mask)
+        return self.res2(h, emb)
+
+
+class UNet(nn.Module):
+    """ADM/LDM UNet: x (B, C_in, H, W), t (B,) -> (B, C_out, H, W)."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.gradient_checkpointing = False
+        ch0, emb = cfg.block_channels[0], cfg.emb_dim
+        self.time_embed = TimestepMLP(ch0, emb)
+        self.class_embed = nn.Embedding(cfg.num_classes, emb) if cfg.num_classes is not None else None
+        self.pooled_proj = None
+        if cfg.pooled_dim is not None:
+            self.pooled_proj = TimestepMLP(cfg.pooled_dim, emb) if cfg.pooled_mlp else nn.Linear(cfg.pooled_dim, emb)
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skips = [ch0]
+        ch = ch0
+        last = len(cfg.block_channels) - 1
+        for level, out_ch in enumerate(cfg.block_channels):
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(UNetBlock(self._res(ch, out_ch), self._attn(level, out_ch)))
+                ch = out_ch
+                skips.append(ch)
+            if level != last:
+                self.down.append(UNetBlock(down=Downsample(ch)))
+                skips.append(ch)
+
+        self.mid = MiddleBlock(
+            self._res(ch, ch), self._attn_layer(last, ch) if cfg.mid_attention else None, self._res(ch, ch)
+        )
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(cfg.block_channels))):
+            out_ch = cfg.block_channels[level]
+            for i in range(cfg.num_res_blocks + 1):
+                up = Upsample(out_ch) if level != 0 and i == cfg.num_res_blocks else None
+                self.up.append(UNetBlock(self._res(ch + skips.pop(), out_ch), self._attn(level, out_ch), up=up))
+                ch = out_ch
+
+        self.norm_out = nn.GroupNorm(cfg.norm_groups, ch, eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # a fresh model predicts zero (ADM zero_module)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def _res(self, in_ch: int, out_ch: int) -> ResBlock:
+        c = self.config
+        return ResBlock(
+            in_ch, out_ch, c.emb_dim, groups=c.norm_groups, eps=c.norm_eps, scale_shift=c.scale_shift, dropout=c.dropout
+        )
+
+    def _attn(self, level: int, ch: int) -> nn.Module | None:
+        c = self.config
+        if level not in c.attention_levels:
+            return None
+        return self._attn_layer(level, ch)
+
+    def _attn_layer(self, level: int, ch: int) -> nn.Module:
+        c = self.config
+        heads, head_dim = c.heads_at(level)
+        if c.attention_block == "adm":
+            return AttentionBlock(ch, heads=heads, head_dim=head_dim, context_dim=c.context_dim, groups=c.norm_groups)
+        return SpatialTransformer(
+            ch, heads=heads, head_dim=head_dim, context_dim=c.context_dim, depth=c.transformer_depth, groups=c.norm_groups
+        )
+
+    def _embed(self, t: torch.Tensor | float, batch: int, pooled: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """Time embedding (B, E), plus the pooled / class embedding when the model has one."""
+        t = torch.as_tensor(t, device=device)
+        t = t.reshape(-1).expand(batch) if t.numel() == 1 else t.reshape(-1)
+        if t.shape[0] != batch:
+            raise ValueError(f"UNet: t has {t.shape[0]} timesteps for a batch of {batch}")
+        dtype = self.conv_in.weight.dtype
+        emb = self.time_embed(timestep_embedding(t, self.config.block_channels[0]).to(dtype))  # (B, E)
+        extra = self.class_embed if self.class_embed is not None else self.pooled_proj
+        if extra is None:
+            if pooled is not None:
+                raise ValueError("UNet: got `pooled` but the model has no pooled_dim / num_classes")
+            return emb
+        if pooled is None:
+            raise ValueError("UNet: this model is conditioned on `pooled` (a (B, P) vector or (B,) class ids)")
+        if self.class_embed is not None:
+            if pooled.is_floating_point():
+                raise ValueError("UNet: num_classes is set, so `pooled` must hold integer class ids (B,)")
+            return emb + self.class_embed(pooled.reshape(batch))  # (B, E)
+        return emb + self.pooled_proj(pooled.to(dtype))  # (B, E)
+
+    def _call(self, block: nn.Module, *args: Any) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        *,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+        control: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x (B, C_in, H, W); t (B,) or scalar, may be fractional; context (B, L, D) tokens with
+        context_mask (B, L) bool (True = real token); pooled (B, P) floats or (B,) class ids;
+        control: one additive residual per skip connection, then one for the middle block
+        (ControlNet, in diffusers' down_block_additional_residuals + mid order)."""
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"UNet: x must be (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
+        if cfg.context_dim is None and context is not None:
+            raise ValueError("UNet: got `context` but the model has no context_dim")
+        if cfg.context_dim is not None and context is None and self._has_attention():
+            raise ValueError(f"UNet: this model attends to a token context (B, L, {cfg.context_dim}); pass context=")
+        if context is not None and (context.ndim != 3 or context.shape[-1] != cfg.context_dim):
+            raise ValueError(f"UNet: context must be (B, L, {cfg.context_dim}), got {tuple(context.shape)}")
+        if context_mask is not None and context_mask.dtype != torch.bool:
+            context_mask = context_mask > 0.5  # (B, L) bool
+        emb = self._embed(t, x.shape[0], pooled, x.device)  # (B, E)
+
+        h = self.conv_in(x)  # (B, C0, H, W)
+        skips = [h]
+        for block in self.down:
+            h = self._call(block, h, emb, context, context_mask)
+            skips.append(h)
+        h = self._call(self.mid, h, emb, context, context_mask)  # (B, C_last, H', W')
+        if control is not None:
+            if len(control) != len(skips) + 1:
+                raise ValueError(f"UNet: control needs {len(skips) + 1} residuals (skips + middle), got {len(control)}")
+            skips = [s + c for s, c in zip(skips, control)]
+            h = h + control[-1]
+        for block in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, H, W)
+            size = tuple(skips[-1].shape[-2:]) if skips else None
+            h = self._call(block, h, emb, context, context_mask, size)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
+
+    def _has_attention(self) -> bool:
+        return bool(self.config.attention_levels) or self.config.mid_attention
