@@ -100,8 +100,8 @@ def _kind(rng: np.random.Generator, allowed: list[tuple[str, str]], shapes_not=(
     return _pick(rng, [k for k in allowed if k[1] not in shapes_not])
 
 
-def _category(name: str, rng: np.random.Generator, n: int) -> list[Spec]:
-    """n distinct specs of one category."""
+def _category(name: str, rng: np.random.Generator, n: int, taken: set[str]) -> list[Spec]:
+    """n specs of one category whose prompts are not in taken (which grows)."""
     allowed = [(c, s) for c in COLOR_NAMES for s in SHAPES if (c, s) not in DEFAULT_HELD_OUT]
     held = sorted(DEFAULT_HELD_OUT)
     out: dict[str, Spec] = {}
@@ -166,7 +166,9 @@ def _category(name: str, rng: np.random.Generator, n: int) -> list[Spec]:
                 spec = Spec(name, object_phrase(c, s, position=pos), (Want(c, s, position=pos),))
         else:
             raise ValueError(f"unknown ShapesEval category {name!r}")
-        out.setdefault(spec.prompt, spec)
+        if spec.prompt not in taken:
+            taken.add(spec.prompt)
+            out[spec.prompt] = spec
     return list(out.values())
 
 
@@ -174,7 +176,8 @@ def _category(name: str, rng: np.random.Generator, n: int) -> list[Spec]:
 def build_suite() -> tuple[Spec, ...]:
     """The fixed prompt suite of SUITE_VERSION, category by category."""
     rng = np.random.default_rng(SUITE_SEED)
-    return tuple(spec for name in CATEGORIES for spec in _category(name, rng, PROMPTS_PER_CATEGORY))
+    taken: set[str] = set()
+    return tuple(spec for name in CATEGORIES for spec in _category(name, rng, PROMPTS_PER_CATEGORY, taken))
 
 
 def _robust(spec: Spec, scene: Scene) -> bool:
