@@ -69,6 +69,9 @@ def test_refuses_pickle_content_renamed_safetensors(tmp_path, monkeypatch):
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         load_safetensors(tmp_path / "nope.safetensors")
+    (tmp_path / "model.bin").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError, match=r"model.safetensors: missing; only the pickle file\(s\) model.bin"):
+        load_safetensors(tmp_path / "model.safetensors")
 
 
 def test_load_into_checks_names_and_shapes():

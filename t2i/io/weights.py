@@ -33,6 +33,9 @@ def check_safetensors_file(path: str | os.PathLike) -> Path:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise _refuse(path, f"refusing a '{path.suffix}' file (a pickle-based checkpoint format)")
     if not path.is_file():
+        pickled = [p.name for p in (path.with_suffix(s) for s in PICKLE_SUFFIXES) if p.is_file()]
+        if pickled:
+            raise _refuse(path, f"missing; only the pickle file(s) {', '.join(pickled)} are present")
         raise FileNotFoundError(f"{path}: no such weights file")
     with open(path, "rb") as f:
         head = f.read(9)
