@@ -104,3 +104,13 @@ def test_check_state_lists_many_missing_keys_compactly():
     expected = {f"k{i}": (1,) for i in range(20)}
     with pytest.raises(ValueError, match=r"missing keys \(20\): k0, .*\(\+12 more\)"):
         check_state(expected, {})
+
+
+def test_model_folder_round_trip_and_missing_config(tmp_path):
+    from t2i.io.weights import read_model_folder, write_model_folder
+
+    write_model_folder(tmp_path / "m", {"a": [1, 2]}, {"w": torch.ones(2)}, "model.safetensors")
+    config, state = read_model_folder(tmp_path / "m", "model.safetensors")
+    assert config == {"a": [1, 2]} and torch.equal(state["w"], torch.ones(2))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        read_model_folder(tmp_path, "model.safetensors")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 
 from t2i.io.keymap import Rename, from_layout, renames, to_layout
-from t2i.io.weights import load_into, load_safetensors, save_safetensors
+from t2i.io.weights import load_into, read_model_folder, write_model_folder
 from t2i.nn.transformer import TextTransformer, TextTransformerConfig, TransformerConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -129,20 +128,16 @@ def _transformers_major() -> int:
 
 def load_transformers_clip(folder: str | os.PathLike) -> TextTransformer:
     """Build a t2i TextTransformer from a transformers CLIP text folder (config.json + model.safetensors)."""
-    folder = Path(folder)
-    cfg = clip_config_from_transformers(json.loads((folder / "config.json").read_text()))
+    config, state = read_model_folder(folder, WEIGHTS_NAME)
+    cfg = clip_config_from_transformers(config)
     model = TextTransformer(cfg)
-    load_into(model, from_transformers(load_safetensors(folder / WEIGHTS_NAME), cfg), where=str(folder))
+    load_into(model, from_transformers(state, cfg), where=str(folder))
     return model
 
 
 def save_transformers_clip(model: TextTransformer, folder: str | os.PathLike) -> Path:
     """Write a t2i TextTransformer as a folder CLIPTextModel(WithProjection).from_pretrained reads."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     arch = "CLIPTextModelWithProjection" if model.config.proj_dim else "CLIPTextModel"
-    d = {"architectures": [arch], "model_type": "clip_text_model", **clip_config_to_transformers(model.config)}
-    (folder / "config.json").write_text(json.dumps(d, indent=2))
+    config = {"architectures": [arch], "model_type": "clip_text_model", **clip_config_to_transformers(model.config)}
     state = to_transformers(model.state_dict(), model.config, prefix=HF_PREFIX)
-    save_safetensors(state, folder / WEIGHTS_NAME, metadata={"format": "pt"})
-    return folder
+    return write_model_folder(folder, config, state, WEIGHTS_NAME, metadata={"format": "pt"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 
 from t2i.io.keymap import Rename, from_layout, renames, to_layout
-from t2i.io.weights import load_into, load_safetensors, save_safetensors
+from t2i.io.weights import load_into, read_model_folder, write_model_folder
 from t2i.nn.autoencoder import AutoencoderConfig, AutoencoderKL
 
 _RES = ("norm1", "conv1", "norm2", "conv2")
@@ -127,17 +126,14 @@ def to_diffusers(state: dict[str, torch.Tensor], config: AutoencoderConfig) -> d
 
 def load_diffusers_vae(folder: str | os.PathLike) -> AutoencoderKL:
     """Build a t2i AutoencoderKL from a diffusers `vae/` folder (config.json + safetensors weights)."""
-    folder = Path(folder)
-    cfg = vae_config_from_diffusers(json.loads((folder / "config.json").read_text()))
+    config, state = read_model_folder(folder, WEIGHTS_NAME)
+    cfg = vae_config_from_diffusers(config)
     model = AutoencoderKL(cfg)
-    load_into(model, from_diffusers(load_safetensors(folder / WEIGHTS_NAME), cfg), where=str(folder))
+    load_into(model, from_diffusers(state, cfg), where=str(folder))
     return model
 
 
 def save_diffusers_vae(model: AutoencoderKL, folder: str | os.PathLike) -> Path:
     """Write a t2i AutoencoderKL as a diffusers `vae/` folder that AutoencoderKL.from_pretrained reads."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(vae_config_to_diffusers(model.config), indent=2))
-    save_safetensors(to_diffusers(model.state_dict(), model.config), folder / WEIGHTS_NAME)
-    return folder
+    state = to_diffusers(model.state_dict(), model.config)
+    return write_model_folder(folder, vae_config_to_diffusers(model.config), state, WEIGHTS_NAME)

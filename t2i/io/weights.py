@@ -11,6 +11,7 @@ import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -146,3 +147,27 @@ def load_into(
     missing, unexpected = check_state({k: v.shape for k, v in own.items()}, state_dict, strict=strict, where=where)
     module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
     return missing, unexpected
+
+
+def read_model_folder(folder: str | os.PathLike, weights_name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A diffusers / transformers model folder: its config.json as a dict and its safetensors weights."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (expected a diffusers / transformers model folder)")
+    return json.loads(config_path.read_text()), load_safetensors(folder / weights_name)
+
+
+def write_model_folder(
+    folder: str | os.PathLike,
+    config: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    weights_name: str,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write config.json and the safetensors weights of a diffusers / transformers model folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(dict(config), indent=2))
+    save_safetensors(state, folder / weights_name, metadata=metadata)
+    return folder
