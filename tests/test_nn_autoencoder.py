@@ -64,15 +64,6 @@ def test_scale_unscale_inverse():
     assert torch.allclose(m.unscale(m.scale(z)), z, atol=1e-6)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convs on a shared 2-core machine run ~10x faster on one thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_loss_trains_tiny_autoencoder(one_thread):
     torch.manual_seed(0)
     m = AutoencoderKL(AutoencoderConfig(channels=(8, 16), layers_per_block=1, norm_groups=4))

@@ -119,15 +119,6 @@ def test_gradient_checkpointing_same_values_and_grads():
     assert torch.allclose(y1, y2) and torch.allclose(g1, g2, atol=1e-6)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny layers on a shared 2-core machine run far faster on one thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_text_transformer_learns_to_separate_prompts(one_thread):
     """A from-scratch text encoder (the encoders floor trains one) can fit a tiny contrastive task."""
     torch.manual_seed(0)
