@@ -29,6 +29,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--size", type=int, default=64, help="render size for --real (scoring is at 64 px)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    s.add_argument("--prompts", metavar="FILE", help="write the suite's prompts and specs as JSON lines")
     s.set_defaults(func=_run_eval_shapes)
 
 
@@ -36,7 +37,7 @@ def _run_eval_shapes(args: argparse.Namespace) -> int:
     from t2i.eval.run import run_eval_shapes
 
     try:
-        run_eval_shapes(args.real, args.images, args.n_per_prompt, args.size, args.json, args.seed)
+        run_eval_shapes(args.real, args.images, args.n_per_prompt, args.size, args.json, args.seed, args.prompts)
     except ValueError as e:
         raise UsageError(str(e)) from e
     return 0

@@ -116,6 +116,9 @@ def test_cli_real_and_usage_errors(tmp_path, capsys):
     assert main(["eval", "shapes", "--real", "--n-per-prompt", "1", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["overall"] >= 0.99
     assert main(["eval", "shapes"]) == 2
+    assert main(["eval", "shapes", "--prompts", str(tmp_path / "p.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [s.prompt for s in build_suite()] and rows[3]["index"] == 3
     assert main(["eval", "shapes", "--real", "--n-per-prompt", "0"]) == 2
     assert "error" in capsys.readouterr().err
 

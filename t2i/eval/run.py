@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from t2i.eval.shapeseval import evaluate_dir, ground_truth_images, markdown_table, score
+from t2i.eval.shapeseval import evaluate_dir, ground_truth_images, markdown_table, score, write_suite
 
 
 def run_eval_shapes(real: bool, images: str | None, n_per_prompt: int = 4, size: int = 64,
-                    json_path: str | None = None, seed: int = 0) -> dict:
+                    json_path: str | None = None, seed: int = 0, prompts_path: str | None = None) -> dict | None:
     """Score ground-truth renders at `size` px (real) or a folder of images, at 64 px; write JSON when asked."""
+    if prompts_path:
+        write_suite(prompts_path)
+        print(f"wrote the suite's prompts to {prompts_path}")
+        if not real and images is None:
+            return None
     if real == (images is not None):
-        raise ValueError("give exactly one of --real or --images DIR")
+        raise ValueError("give exactly one of --real or --images DIR (or --prompts FILE)")
     if n_per_prompt < 1:
         raise ValueError(f"--n-per-prompt must be at least 1, got {n_per_prompt}")
     if size < 16:
