@@ -191,3 +191,22 @@ def test_misfit_names_the_tensor():
         from_transformers(state, cfg)
     with pytest.raises(ValueError, match="hidden_act"):
         clip_config_from_transformers({"hidden_act": "relu"})
+
+
+@pytest.mark.slow
+def test_sd1_sized_clip_text_parity():
+    """OpenAI CLIP ViT-L/14 text tower shapes (SD 1.x, random weights), 12 heads inferred from width."""
+    torch.manual_seed(0)
+    hf = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                        eos_token_id=2, bos_token_id=0, pad_token_id=1)
+    ref = CLIPTextModel(hf).eval()
+    stripped = {f"text_model.{k}": v for k, v in ref.state_dict().items()}
+    cfg = clip_config_from_ldm(stripped)
+    assert cfg.transformer.heads == 12 and cfg.vocab_size == 49408
+    ours = TextTransformer(cfg).eval()
+    ours.load_state_dict(from_ldm(stripped, cfg))
+    ids = torch.full((2, 77), 49407)
+    ids[:, 0] = 49406
+    ids[0, 1:6] = torch.tensor([320, 1125, 539, 320, 2368])
+    ids[1, 1:3] = torch.tensor([1929, 267])
+    assert _compare(ours, ref, ids, None) <= TOL

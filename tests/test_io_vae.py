@@ -17,7 +17,7 @@ from t2i.io.diffusers_vae import (
 )
 from t2i.io.ldm_vae import PREFIX, from_ldm, to_ldm, vae_config_from_ldm
 from t2i.io.weights import save_safetensors
-from t2i.nn.autoencoder import AutoencoderKL
+from t2i.nn.autoencoder import AutoencoderConfig, AutoencoderKL
 
 TOL = 1e-4
 
@@ -145,3 +145,20 @@ def test_folder_with_pickle_weights_is_refused(tmp_path):
     save_safetensors({"a": torch.zeros(1)}, tmp_path / "diffusion_pytorch_model.safetensors")
     with pytest.raises(ValueError, match="missing tensors"):
         load_diffusers_vae(tmp_path)
+
+
+@pytest.mark.slow
+def test_stable_diffusion_sized_vae_parity():
+    """SD 1.x/2.x VAE shapes (random weights): both directions within 1e-4 at a 64x64 image."""
+    ref = DiffusersAE(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                      up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4).eval()
+    cfg = vae_config_from_diffusers(dict(ref.config))
+    assert cfg == AutoencoderConfig()  # the SD defaults
+    ours = AutoencoderKL(cfg).eval()
+    ours.load_state_dict(from_diffusers(ref.state_dict(), cfg))
+    x, z = torch.randn(1, 3, 64, 64), torch.randn(1, 4, 8, 8)
+    assert _max_diff(ours, ref, x, z) <= TOL
+    theirs = _diffusers_from_config(cfg)
+    theirs.load_state_dict(convert_ldm_vae_checkpoint({PREFIX + k: v for k, v in to_ldm(ours.state_dict(), cfg).items()},
+                                                      dict(ref.config)))
+    assert _max_diff(ours, theirs, x, z) <= TOL
