@@ -43,10 +43,43 @@ def _run_eval_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one stage of a system from a recipe (TOML)",
+                       description="Train a recipe: a bundled name (see --list) or a .toml path. Writes "
+                                   "OUT/checkpoints/, OUT/metrics.jsonl and OUT/samples/. Multi-GPU: "
+                                   "torchrun --nproc_per_node N -m t2i.cli train ...")
+    p.add_argument("recipe", nargs="?", help="recipe name or path")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in OUT")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after M minutes")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--list", action="store_true", help="list the bundled recipes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from t2i.train.config import RecipeError
+    from t2i.train.run import list_recipes, run_train
+
+    if args.list:
+        print(list_recipes())
+        return 0
+    if not args.recipe or not args.out:
+        raise UsageError("give a RECIPE and --out DIR (or --list)")
+    try:
+        return run_train(args.recipe, args.out, resume=args.resume, max_minutes=args.max_minutes,
+                         overrides=args.set, progress=not args.no_progress)
+    except RecipeError as e:
+        raise UsageError(str(e)) from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2i", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
+    _add_train(sub)
     _add_eval(sub)
     return parser
 

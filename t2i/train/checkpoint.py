@@ -145,9 +145,32 @@ def save_checkpoint(
 
 
 def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints."""
-    for path in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+    """Keep the newest `keep` complete checkpoints; delete older complete ones and broken ones older than those.
+
+    Only complete checkpoints count toward `keep` (a quick check: manifest present, sizes match),
+    so a run of broken saves can never push the last good checkpoint out.
+    """
+    complete = [p for p in list_checkpoints(root) if _looks_complete(p)]
+    kept = complete[-keep:]
+    if not kept:
+        return
+    oldest_kept = _step_of(kept[0])
+    for path in list_checkpoints(root):
+        if path not in kept and _step_of(path) < oldest_kept:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _step_of(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))  # type: ignore[union-attr]
+
+
+def _looks_complete(path: Path) -> bool:
+    """Manifest present and every file of the size it lists (no hashing: cheap enough for every save)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        return all((path / n).stat().st_size == info["bytes"] for n, info in manifest["files"].items())
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
@@ -156,7 +179,7 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+    return sorted(found, key=_step_of)
 
 
 def verify(path: str | os.PathLike) -> dict[str, Any]:
