@@ -129,6 +129,7 @@ def collate_batch(items: list[tuple[torch.Tensor, str, dict]]) -> dict[str, Any]
 
 def batch_stream(dataset: Dataset, batches: ShardedBatches, num_workers: int) -> Iterator[dict[str, Any]]:
     """Collated batches for this rank, forever, in the order `batches` gives."""
+    # its own generator: creating the iterator must not draw from the global RNG (exact resume)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_batch, num_workers=num_workers,
-                        persistent_workers=False)
+                        generator=torch.Generator().manual_seed(batches.seed))
     return iter(loader)

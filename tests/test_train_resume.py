@@ -1,0 +1,104 @@
+"""The loop: exact resume, wall-clock stop with a checkpoint, NaN stops naming the step, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from t2i.cli import main
+from t2i.train import NETWORKS, Trainer, TrainingError, load_recipe, read_checkpoint
+from t2i.train.checkpoint import list_checkpoints
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """2 shared cores: one thread is faster and keeps float results identical between runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# Gradient accumulation, dropout (global RNG), caption dropout and an epoch boundary are all exercised.
+RESUME = ["train.steps=6", "train.batch_size=4", "train.grad_accum=2", "train.checkpoint_every=3",
+          "train.log_every=1", "train.ema_decay=0.9", "train.warmup_steps=2", "data.length=20",
+          "diffusion.p_uncond=0.5", "diffusion.net.dropout=0.2", "diffusion.num_samples=2", "diffusion.sample_steps=2"]
+
+
+def test_resume_is_exact(tmp_path):
+    recipe = load_recipe("tiny_pixel", RESUME)
+    whole = Trainer(recipe, tmp_path / "whole", progress=False, log=lambda m: None).run()
+    first = Trainer(recipe, tmp_path / "split", until_step=3, progress=False, log=lambda m: None).run()
+    assert (whole.step, first.step, first.stopped_by) == (6, 3, "until")
+    messages: list[str] = []
+    second = Trainer(recipe, tmp_path / "split", resume=True, progress=False, log=messages.append).run()
+    assert second.step == 6 and any("resumed from" in m and "step 3" in m for m in messages)
+
+    a, b = read_checkpoint(whole.checkpoint), read_checkpoint(second.checkpoint)
+    assert a.model.keys() == b.model.keys() and len(a.model) > 10
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+        assert torch.equal(a.ema[k], b.ema[k]), k
+    for i, st in a.optimizer["state"].items():
+        for name, v in st.items():
+            assert torch.equal(v, b.optimizer["state"][i][name]), (i, name)
+    assert a.state["data"] == b.state["data"] == {"epoch": 1, "cursor": 4}  # 12 micro-batches of 2 over 20 samples
+    losses = lambda run: [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").open()]
+    assert losses("whole") == losses("split")
+    assert (tmp_path / "split" / "checkpoints" / "step_00000006" / "tokenizer.json").is_file()
+
+
+def test_max_minutes_stops_cleanly_with_a_checkpoint(tmp_path):
+    recipe = load_recipe("tiny_pixel", ["train.steps=50", "train.batch_size=2", "diffusion.num_samples=2",
+                                         "diffusion.sample_steps=2"])
+    result = Trainer(recipe, tmp_path, max_minutes=1e-6, progress=False, log=lambda m: None).run()
+    assert result.stopped_by == "time" and result.step == 1
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000001"]
+    assert (tmp_path / "samples" / "step_00000001.png").is_file()
+
+
+class NanAfter(nn.Module):
+    """A network whose output turns to NaN after `after` training forward passes."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.conv, self.after, self.calls = nn.Conv2d(3, 3, 3, padding=1), after, 0
+
+    def forward(self, x, t, *, context=None, context_mask=None, pooled=None):
+        self.calls += int(torch.is_grad_enabled())
+        out = self.conv(x) + context.mean() * 0
+        return out * float("nan") if self.calls > self.after else out
+
+
+def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
+    NETWORKS.add("test_nan_after_4", lambda net: NanAfter(4))
+    try:
+        recipe = load_recipe("tiny_pixel", ["diffusion.network='test_nan_after_4'", "diffusion.net={}",
+                                             "train.steps=10", "train.checkpoint_every=2", "train.batch_size=2"])
+        with pytest.raises(TrainingError) as e:
+            Trainer(recipe, tmp_path, progress=False, log=lambda m: None).run()
+    finally:
+        NETWORKS.remove("test_nan_after_4")
+    msg = str(e.value)
+    assert "the loss is nan at step 5" in msg
+    assert f"Last good checkpoint: {tmp_path / 'checkpoints' / 'step_00000004'}" in msg
+    assert read_checkpoint(tmp_path / "checkpoints" / "step_00000004").step == 4
+
+
+def test_cli_trains_reports_where_outputs_go_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    small = ["--set", "train.batch_size=2", "--set", "diffusion.num_samples=2", "--set", "diffusion.sample_steps=2",
+             "--no-progress"]
+    assert main(["train", "tiny_pixel", "--out", str(out), "--set", "train.steps=2", *small]) == 0
+    text = capsys.readouterr().out
+    assert f"checkpoints: {out / 'checkpoints'}" in text and "metrics.jsonl" in text and "samples" in text
+    records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert records[-1]["step"] == 2 and {"loss", "lr", "grad_norm", "images_per_s"} <= set(records[-1])
+    assert (out / "samples" / "step_00000002.png").is_file()
+
+    assert main(["train", "tiny_pixel", "--out", str(out), "--resume", "--set", "train.steps=3", *small]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert read_checkpoint(out / "checkpoints" / "step_00000003").step == 3
