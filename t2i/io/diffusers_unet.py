@@ -1,0 +1,280 @@
+"""diffusers `UNet2DConditionModel` <-> t2i `UNet`: config translation and an explicit key map.
+
+Covers the Stable Diffusion 1.x and 2.x layouts (1x1-conv or linear transformer projections,
+heads per model or per level), ADM scale-shift resblocks and the class / projection embeddings.
+diffusers calls the number of heads `attention_head_dim` in these configs (a known naming quirk);
+it is read and written here exactly as diffusers interprets it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from t2i.io.keymap import Rename, from_layout, renames, to_layout
+from t2i.io.weights import load_into, load_safetensors, save_safetensors
+from t2i.nn.unet import UNet, UNetConfig
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+_CROSS_DOWN, _PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
+_CROSS_UP, _PLAIN_UP = "CrossAttnUpBlock2D", "UpBlock2D"
+_MID = "UNetMidBlock2DCrossAttn"
+
+# diffusers options whose value must be exactly this for the t2i UNet to compute the same function
+_REQUIRED = {
+    "center_input_sample": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "only_cross_attention": False,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "act_fn": "silu",
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "dual_cross_attention": False,
+    "addition_embed_type": None,
+    "addition_time_embed_dim": None,
+    "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0,
+    "time_embedding_type": "positional",
+    "time_embedding_act_fn": None,
+    "timestep_post_act": None,
+    "time_cond_proj_dim": None,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "attention_type": "default",
+    "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None,
+    "cross_attention_norm": None,
+    "reverse_transformer_layers_per_block": None,
+}
+
+
+def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
+    """A diffusers UNet2DConditionModel config dict (config.json) -> UNetConfig; refuses what t2i lacks."""
+    for key, want in _REQUIRED.items():
+        got = d.get(key, want)
+        if got != want and not (key == "mid_block_only_cross_attention" and got is False):
+            raise ValueError(f"unsupported diffusers UNet option {key}={got!r} (t2i supports only {want!r})")
+    channels = tuple(d.get("block_out_channels", (320, 640, 1280, 1280)))
+    n = len(channels)
+    down = tuple(d.get("down_block_types", (_CROSS_DOWN,) * (n - 1) + (_PLAIN_DOWN,)))
+    up = tuple(d.get("up_block_types", (_PLAIN_UP,) + (_CROSS_UP,) * (n - 1)))
+    if len(down) != n or len(up) != n or set(down) - {_CROSS_DOWN, _PLAIN_DOWN} or set(up) - {_CROSS_UP, _PLAIN_UP}:
+        raise ValueError(f"unsupported diffusers UNet blocks: down={down}, up={up}")
+    levels = tuple(i for i, b in enumerate(down) if b == _CROSS_DOWN)
+    if tuple(i for i, b in enumerate(reversed(up)) if b == _CROSS_UP) != levels:
+        raise ValueError(f"diffusers UNet up blocks {up} do not mirror the down blocks {down}")
+    mid = d.get("mid_block_type", _MID)
+    if mid != _MID:
+        raise ValueError(f"unsupported diffusers UNet mid_block_type {mid!r} (only {_MID!r})")
+    layers = d.get("layers_per_block", 2)
+    depth = d.get("transformer_layers_per_block", 1)
+    if isinstance(depth, (list, tuple)):
+        if len(set(depth)) != 1:
+            raise ValueError(f"per-level transformer_layers_per_block {depth} is not supported")
+        depth = depth[0]
+    if not isinstance(layers, int) or not isinstance(d.get("cross_attention_dim", 1280), int):
+        raise ValueError("per-level layers_per_block / cross_attention_dim are not supported")
+    heads = d.get("num_attention_heads") or d.get("attention_head_dim", 8)  # the diffusers quirk
+    heads = tuple(heads) if isinstance(heads, (list, tuple)) else int(heads)
+    cls_type = d.get("class_embed_type")
+    num_classes = d.get("num_class_embeds") if cls_type is None else None
+    pooled_dim = None
+    if cls_type == "projection":
+        pooled_dim = d.get("projection_class_embeddings_input_dim")
+    elif cls_type is not None:
+        raise ValueError(f"unsupported diffusers UNet class_embed_type {cls_type!r} (None or 'projection')")
+    shift = d.get("resnet_time_scale_shift", "default")
+    if shift not in ("default", "scale_shift"):
+        raise ValueError(f"unsupported diffusers UNet resnet_time_scale_shift {shift!r}")
+    return UNetConfig(
+        in_channels=d.get("in_channels", 4),
+        out_channels=d.get("out_channels", 4),
+        block_channels=channels,
+        num_res_blocks=layers,
+        attention_levels=levels,
+        mid_attention=True,
+        num_heads=heads,
+        head_dim=None,
+        transformer_depth=int(depth),
+        attention_block="transformer",
+        context_dim=d.get("cross_attention_dim", 1280),
+        time_embed_dim=d.get("time_embedding_dim"),
+        scale_shift=shift == "scale_shift",
+        pooled_dim=pooled_dim,
+        pooled_mlp=pooled_dim is not None,
+        num_classes=num_classes,
+        norm_groups=d.get("norm_num_groups", 32),
+        norm_eps=d.get("norm_eps", 1e-5),
+        dropout=d.get("dropout", 0.0),
+    )
+
+
+def _check_exportable(cfg: UNetConfig) -> None:
+    if cfg.attention_block != "transformer":
+        raise ValueError("diffusers UNet2DConditionModel has no ADM/GLIDE attention blocks (attention_block='adm')")
+    if not cfg.mid_attention:
+        raise ValueError("diffusers UNetMidBlock2DCrossAttn always has attention: mid_attention=False cannot be exported")
+    if cfg.context_dim is None:
+        raise ValueError("diffusers UNet2DConditionModel always cross-attends: the t2i UNet needs a context_dim")
+    if cfg.pooled_dim is not None and not cfg.pooled_mlp:
+        raise ValueError("diffusers projects pooled vectors with an MLP only: set pooled_mlp=True to export")
+
+
+def unet_config_to_diffusers(
+    cfg: UNetConfig, *, linear_projection: bool = False, sample_size: int = 64
+) -> dict[str, Any]:
+    """UNetConfig -> the kwargs / config.json of a diffusers UNet2DConditionModel."""
+    _check_exportable(cfg)
+    n = len(cfg.block_channels)
+    heads = [cfg.heads_at(i)[0] for i in range(n)] if cfg.head_dim is not None else cfg.num_heads
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": sample_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "down_block_types": [_CROSS_DOWN if i in cfg.attention_levels else _PLAIN_DOWN for i in range(n)],
+        "mid_block_type": _MID,
+        "up_block_types": [_CROSS_UP if i in cfg.attention_levels else _PLAIN_UP for i in reversed(range(n))],
+        "block_out_channels": list(cfg.block_channels),
+        "layers_per_block": cfg.num_res_blocks,
+        "transformer_layers_per_block": cfg.transformer_depth,
+        "cross_attention_dim": cfg.context_dim,
+        "attention_head_dim": list(heads) if isinstance(heads, (list, tuple)) else heads,  # heads: diffusers' quirk
+        "use_linear_projection": linear_projection,
+        "norm_num_groups": cfg.norm_groups,
+        "norm_eps": cfg.norm_eps,
+        "dropout": cfg.dropout,
+        "time_embedding_dim": cfg.time_embed_dim,
+        "resnet_time_scale_shift": "scale_shift" if cfg.scale_shift else "default",
+        "class_embed_type": "projection" if cfg.pooled_dim is not None else None,
+        "projection_class_embeddings_input_dim": cfg.pooled_dim,
+        "num_class_embeds": cfg.num_classes,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+    }
+
+
+def _resblock(ours: str, theirs: str, has_skip: bool) -> list[Rename]:
+    rows = []
+    for a, b in (("norm1", "norm1"), ("conv1", "conv1"), ("emb_proj", "time_emb_proj"), ("norm2", "norm2"), ("conv2", "conv2")):
+        rows += renames(f"{ours}.{a}", f"{theirs}.{b}")
+    return rows + (renames(f"{ours}.skip", f"{theirs}.conv_shortcut") if has_skip else [])
+
+
+def _transformer(ours: str, theirs: str, depth: int, conv_proj: bool) -> list[Rename]:
+    """LDM spatial transformer; the per-block names are the same in diffusers and the original layout."""
+    rows = renames(f"{ours}.norm", f"{theirs}.norm")
+    rows += renames(f"{ours}.proj_in", f"{theirs}.proj_in", conv1x1=conv_proj)
+    for d in range(depth):
+        o, t = f"{ours}.blocks.{d}", f"{theirs}.transformer_blocks.{d}"
+        for n in ("norm1", "norm2", "norm3"):
+            rows += renames(f"{o}.{n}", f"{t}.{n}")
+        rows += renames(f"{o}.attn1.to_qkv", (f"{t}.attn1.to_q", f"{t}.attn1.to_k", f"{t}.attn1.to_v"), ("weight",))
+        rows += renames(f"{o}.attn1.to_out", f"{t}.attn1.to_out.0")
+        rows += renames(f"{o}.attn2.to_q", f"{t}.attn2.to_q", ("weight",))
+        rows += renames(f"{o}.attn2.to_kv", (f"{t}.attn2.to_k", f"{t}.attn2.to_v"), ("weight",))
+        rows += renames(f"{o}.attn2.to_out", f"{t}.attn2.to_out.0")
+        rows += renames(f"{o}.ff.proj", f"{t}.ff.net.0.proj")
+        rows += renames(f"{o}.ff.out", f"{t}.ff.net.2")
+    return rows + renames(f"{ours}.proj_out", f"{theirs}.proj_out", conv1x1=conv_proj)
+
+
+def diffusers_table(cfg: UNetConfig, *, linear_projection: bool = False) -> list[Rename]:
+    """Every t2i UNet tensor and its diffusers name(s), for this config.
+
+    `linear_projection` only matters when writing diffusers tensors (SD2's Linear vs SD1's 1x1
+    conv transformer projections); reading accepts either.
+    """
+    _check_exportable(cfg)
+    conv = not linear_projection
+    ch, n, nrb = cfg.block_channels, len(cfg.block_channels), cfg.num_res_blocks
+    rows = renames("time_embed.linear_1", "time_embedding.linear_1") + renames("time_embed.linear_2", "time_embedding.linear_2")
+    if cfg.num_classes is not None:
+        rows += renames("class_embed", "class_embedding", ("weight",))
+    if cfg.pooled_dim is not None:
+        rows += renames("pooled_proj.linear_1", "class_embedding.linear_1")
+        rows += renames("pooled_proj.linear_2", "class_embedding.linear_2")
+    rows += renames("conv_in", "conv_in")
+    k, prev = 0, ch[0]
+    for level in range(n):
+        for j in range(nrb):
+            rows += _resblock(f"down.{k}.res", f"down_blocks.{level}.resnets.{j}", prev != ch[level])
+            if level in cfg.attention_levels:
+                rows += _transformer(f"down.{k}.attn", f"down_blocks.{level}.attentions.{j}", cfg.transformer_depth, conv)
+            k, prev = k + 1, ch[level]
+        if level != n - 1:
+            rows += renames(f"down.{k}.down.conv", f"down_blocks.{level}.downsamplers.0.conv")
+            k += 1
+    rows += _resblock("mid.res1", "mid_block.resnets.0", False)
+    rows += _transformer("mid.attn", "mid_block.attentions.0", cfg.transformer_depth, conv)
+    rows += _resblock("mid.res2", "mid_block.resnets.1", False)
+    k = 0
+    for i, level in enumerate(reversed(range(n))):
+        for j in range(nrb + 1):
+            rows += _resblock(f"up.{k}.res", f"up_blocks.{i}.resnets.{j}", True)
+            if level in cfg.attention_levels:
+                rows += _transformer(f"up.{k}.attn", f"up_blocks.{i}.attentions.{j}", cfg.transformer_depth, conv)
+            if level != 0 and j == nrb:
+                rows += renames(f"up.{k}.up.conv", f"up_blocks.{i}.upsamplers.0.conv")
+            k += 1
+    return rows + renames("norm_out", "conv_norm_out") + renames("conv_out", "conv_out")
+
+
+def expected_shapes(cfg: UNetConfig) -> dict[str, torch.Size]:
+    """t2i tensor name -> shape for this config (built on the meta device: no memory, no init)."""
+    with torch.device("meta"):
+        return {k: v.shape for k, v in UNet(cfg).state_dict().items()}
+
+
+def from_diffusers(state: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
+    """diffusers UNet2DConditionModel state dict -> t2i UNet state dict (names every misfit)."""
+    return from_layout(diffusers_table(config), state, expected=expected_shapes(config), where="diffusers UNet")
+
+
+def to_diffusers(
+    state: dict[str, torch.Tensor], config: UNetConfig, *, linear_projection: bool = False
+) -> dict[str, torch.Tensor]:
+    """t2i UNet state dict -> diffusers UNet2DConditionModel state dict."""
+    return to_layout(diffusers_table(config, linear_projection=linear_projection), state, where="t2i UNet")
+
+
+def uses_linear_projection(diffusers_config: dict[str, Any]) -> bool:
+    """Whether a diffusers UNet config stores transformer projections as Linear (SD2) rather than 1x1 conv (SD1)."""
+    return bool(diffusers_config.get("use_linear_projection", False))
+
+
+def _weights_file(folder: Path) -> Path:
+    """The folder's safetensors weights; a pickle-only folder yields its .bin so loading refuses it by name."""
+    path = folder / WEIGHTS_NAME
+    if not path.exists() and (folder / "diffusion_pytorch_model.bin").exists():
+        return folder / "diffusion_pytorch_model.bin"
+    return path
+
+
+def load_diffusers_unet(folder: str | os.PathLike) -> UNet:
+    """Build a t2i UNet from a diffusers `unet/` folder (config.json + safetensors weights)."""
+    folder = Path(folder)
+    cfg = unet_config_from_diffusers(json.loads((folder / "config.json").read_text()))
+    state = load_safetensors(_weights_file(folder))
+    model = UNet(cfg)
+    load_into(model, from_diffusers(state, cfg), where=str(folder))
+    return model
+
+
+def save_diffusers_unet(
+    model: UNet, folder: str | os.PathLike, *, linear_projection: bool = False, sample_size: int = 64
+) -> Path:
+    """Write a t2i UNet as a diffusers `unet/` folder that UNet2DConditionModel.from_pretrained reads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    d = unet_config_to_diffusers(model.config, linear_projection=linear_projection, sample_size=sample_size)
+    (folder / "config.json").write_text(json.dumps(d, indent=2))
+    state = to_diffusers(model.state_dict(), model.config, linear_projection=linear_projection)
+    save_safetensors(state, folder / WEIGHTS_NAME)
+    return folder
