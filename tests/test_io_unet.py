@@ -20,6 +20,8 @@ from t2i.io.diffusers_unet import (  # noqa: E402
 )
 from t2i.nn.unet import UNet, UNetConfig  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny layers: one thread is faster on a busy machine
+
 TOL = 1e-4
 BASE = dict(
     sample_size=8,

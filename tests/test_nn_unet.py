@@ -12,6 +12,8 @@ from t2i.nn.attention import Attention
 from t2i.nn.embeddings import timestep_embedding
 from t2i.nn.unet import UNet, UNetConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny layers: one thread is faster on a busy machine
+
 
 def _randomize(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:
     """Fill every parameter with noise so zero-initialised layers do not hide a path."""

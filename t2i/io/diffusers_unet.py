@@ -8,7 +8,6 @@ it is read and written here exactly as diffusers interprets it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 
 from t2i.io.keymap import Rename, from_layout, renames, to_layout
-from t2i.io.weights import load_into, load_safetensors, save_safetensors
+from t2i.io.weights import load_into, read_model_folder, write_model_folder
 from t2i.nn.unet import UNet, UNetConfig
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -249,19 +248,17 @@ def uses_linear_projection(diffusers_config: dict[str, Any]) -> bool:
     return bool(diffusers_config.get("use_linear_projection", False))
 
 
-def _weights_file(folder: Path) -> Path:
+def _weights_name(folder: Path) -> str:
     """The folder's safetensors weights; a pickle-only folder yields its .bin so loading refuses it by name."""
-    path = folder / WEIGHTS_NAME
-    if not path.exists() and (folder / "diffusion_pytorch_model.bin").exists():
-        return folder / "diffusion_pytorch_model.bin"
-    return path
+    if not (folder / WEIGHTS_NAME).exists() and (folder / "diffusion_pytorch_model.bin").exists():
+        return "diffusion_pytorch_model.bin"
+    return WEIGHTS_NAME
 
 
 def load_diffusers_unet(folder: str | os.PathLike) -> UNet:
     """Build a t2i UNet from a diffusers `unet/` folder (config.json + safetensors weights)."""
-    folder = Path(folder)
-    cfg = unet_config_from_diffusers(json.loads((folder / "config.json").read_text()))
-    state = load_safetensors(_weights_file(folder))
+    config, state = read_model_folder(folder, _weights_name(Path(folder)))
+    cfg = unet_config_from_diffusers(config)
     model = UNet(cfg)
     load_into(model, from_diffusers(state, cfg), where=str(folder))
     return model
@@ -271,10 +268,6 @@ def save_diffusers_unet(
     model: UNet, folder: str | os.PathLike, *, linear_projection: bool = False, sample_size: int = 64
 ) -> Path:
     """Write a t2i UNet as a diffusers `unet/` folder that UNet2DConditionModel.from_pretrained reads."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     d = unet_config_to_diffusers(model.config, linear_projection=linear_projection, sample_size=sample_size)
-    (folder / "config.json").write_text(json.dumps(d, indent=2))
     state = to_diffusers(model.state_dict(), model.config, linear_projection=linear_projection)
-    save_safetensors(state, folder / WEIGHTS_NAME)
-    return folder
+    return write_model_folder(folder, d, state, WEIGHTS_NAME)
