@@ -1,0 +1,58 @@
+"""The same loop trains the autoencoder stage, then a latent diffusion stage on top of its frozen EMA weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from t2i.train import RecipeError, Trainer, load_recipe, read_checkpoint
+
+SMALL = ["train.steps=3", "train.batch_size=2", "train.checkpoint_every=3", "train.log_every=1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_autoencoder_then_latent_diffusion(tmp_path):
+    ae_run = tmp_path / "ae"
+    ae = Trainer(load_recipe("tiny_autoencoder", SMALL + ["autoencoder.num_samples=2"]), ae_run,
+                 progress=False, log=lambda m: None).run()
+    c = read_checkpoint(ae.checkpoint)
+    assert c.config["stage"] == "autoencoder" and any(k.startswith("autoencoder.encoder.") for k in c.ema)
+    assert Image.open(ae_run / "samples" / "step_00000003.png").size == (32, 32)  # inputs over reconstructions
+
+    recipe = load_recipe("tiny_latent", SMALL + [f"diffusion.first_stage='{ae_run}'", "diffusion.num_samples=2",
+                                                 "diffusion.sample_steps=2"])
+    trainer = Trainer(recipe, tmp_path / "ldm", progress=False, log=lambda m: None)
+    result = trainer.run()
+    assert trainer.stage.sample_shape == (4, 8, 8)  # 16 px -> 8x8x4 latents
+    assert not any(p.requires_grad for p in trainer.stage.first_stage.parameters())
+    saved = read_checkpoint(result.checkpoint).model
+    assert not any(k.startswith("autoencoder") or "first_stage" in k for k in saved)  # the frozen stage is not saved
+    assert {k.split(".")[0] for k in saved} == {"net", "text"}
+    assert Image.open(tmp_path / "ldm" / "samples" / "step_00000003.png").size == (32, 16)  # 2 decoded 16 px images
+
+    # a diffusion checkpoint is not an autoencoder
+    with pytest.raises(RecipeError, match="is a 'diffusion' checkpoint, not an autoencoder"):
+        Trainer(load_recipe("tiny_latent", SMALL + [f"diffusion.first_stage='{tmp_path / 'ldm'}'"]),
+                tmp_path / "bad", progress=False, log=lambda m: None).run()
+
+
+def test_a_network_that_does_not_fit_the_data_is_named(tmp_path):
+    recipe = load_recipe("tiny_pixel", ["diffusion.net.in_channels=4"])
+    with pytest.raises(RecipeError, match=r"\[diffusion.net\] does not fit the data \(images of shape \(3, 16, 16\)"):
+        Trainer(recipe, tmp_path, progress=False, log=lambda m: None).run()
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    recipe = load_recipe("tiny_pixel", SMALL + ["train.bf16=true", "diffusion.num_samples=2", "diffusion.sample_steps=2"])
+    result = Trainer(recipe, tmp_path, progress=False, log=lambda m: None).run()
+    weights = read_checkpoint(result.checkpoint).model
+    assert all(v.dtype == torch.float32 for v in weights.values())  # weights stay float32 under autocast
+    assert result.loss == result.loss  # finite, not NaN
