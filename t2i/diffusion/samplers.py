@@ -15,7 +15,8 @@ import torch
 
 from t2i.diffusion.denoisers import Cond, Denoiser, append_dims, batch_sigma
 
-# callback(i, x, x0_hat, sigma) after each step i: progress bars, previews, tests.
+# callback(i, x, x0_hat, sigma) after each step i: progress bars, previews, tests. x is the sample at
+# sigmas[i + 1]; a callback may edit it in place and the sampler goes on from the edit (mask blending).
 Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor, float], None]]
 
 

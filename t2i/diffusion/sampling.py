@@ -39,14 +39,20 @@ def sample(denoiser: Denoiser, shape: Sequence[int], *, steps: int = 50, sampler
            spacing: str = "leading", sigmas: torch.Tensor | None = None, cond: Cond | None = None,
            generator: torch.Generator | None = None, x_start: torch.Tensor | None = None,
            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-           callback: Callback = None, **sampler_options: float) -> torch.Tensor:
+           callback: Callback = None, x_T: torch.Tensor | None = None, **sampler_options: float) -> torch.Tensor:
     """Draw samples of `shape` (B, ...). The initial noise comes from `generator` (CPU by default)
     scaled to the first sigma; `x_start` (a clean sample) starts from x_start + noise instead
-    (img2img: pass the tail of the sigmas)."""
+    (img2img: pass the tail of the sigmas); `x_T` starts from that VE sample at sigmas[0] as given
+    (a caller that draws and scales its own noise, e.g. to reproduce another library's draw)."""
     sampler_fn = get_sampler(sampler)
     if sigmas is None:
         sigmas = sampling_sigmas(denoiser, steps, spacing)
     check_sigmas(sigmas)
+    if x_T is not None:
+        if x_start is not None or tuple(x_T.shape) != tuple(shape):
+            raise ValueError(f"x_T must have shape {tuple(shape)} and excludes x_start")
+        return sampler_fn(denoiser, x_T.to(device=device, dtype=dtype), sigmas.to(device), cond=cond,
+                          generator=generator, callback=callback, **sampler_options)
     like = torch.empty((), device=device, dtype=dtype)
     noise = randn(tuple(shape), like, generator)
     sigma0 = float(sigmas[0])

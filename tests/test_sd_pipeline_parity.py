@@ -1,0 +1,219 @@
+"""A tiny random Stable Diffusion pipeline built offline with diffusers gives the same image in t2i
+as in diffusers, for the same prompt, seed, scheduler and steps (max abs pixel difference <= 1e-3
+on the [0, 1] scale): txt2img under every scheduler t2i maps, img2img, inpainting with a
+9-channel UNet and mask blending with a 4-channel one, and `t2i convert` both ways."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from t2i.io.diffusers_pipeline import (  # noqa: E402
+    load_diffusers_pipeline,
+    sampling_from_scheduler,
+    save_diffusers_pipeline,
+)
+from t2i.systems import LDM  # noqa: E402
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
+
+TOL = 1e-3
+SIZE = 16  # pixels; the VAE halves it, the UNet halves it again
+STEPS = 6
+PROMPT, NEGATIVE = "a red circle to the left of a blue square", "a green star"
+CORPUS = ["a red circle to the left of a blue square", "two green triangles", "a large yellow star",
+          "a purple cross above an orange circle on a black background", "three small pink squares"] * 20
+SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    steps_offset=1, clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading")
+SCHEDULERS = {  # name -> (diffusers class, config changes)
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_linspace": ("EulerDiscreteScheduler", dict(timestep_spacing="linspace")),
+    "euler_a_trailing": ("EulerAncestralDiscreteScheduler", dict(timestep_spacing="trailing")),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp_2m_linspace": ("DPMSolverMultistepScheduler", dict(timestep_spacing="linspace")),
+    "euler_v": ("EulerDiscreteScheduler", dict(prediction_type="v_prediction")),
+}
+
+
+def _tokenizer(path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    alphabet = list(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet, end_of_word_suffix="</w>",
+                                  special_tokens=["<|startoftext|>", "<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator([c.lower() for c in CORPUS], trainer)
+    path.mkdir()
+    tok.model.save(str(path))
+    vocab = json.loads((path / "vocab.json").read_text())
+    for ch in alphabet:  # CLIP's vocabulary holds every byte, alone and as a word end
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    return transformers.CLIPTokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"),
+                                      model_max_length=12)
+
+
+def _components(tmp, in_channels=4):
+    tokenizer = _tokenizer(tmp / f"bpe{in_channels}")
+    torch.manual_seed(in_channels)
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=12, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=SIZE // 2, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8).eval()
+    vae = diffusers.AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                                  layers_per_block=1).eval()
+    with torch.no_grad():  # fresh diffusers models zero some layers: noise everywhere so no mapping error hides
+        for p in list(unet.parameters()) + list(vae.parameters()):
+            p.add_(torch.randn_like(p) * 0.05)
+    return dict(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                scheduler=diffusers.DDIMScheduler(**SD_SCHEDULER), safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False)
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sd")
+    pipe = diffusers.StableDiffusionPipeline(**_components(tmp))
+    pipe.save_pretrained(tmp / "pipe", safe_serialization=True)
+    return tmp / "pipe", pipe
+
+
+@pytest.fixture(scope="module")
+def sd_inpaint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sdi")
+    pipe = diffusers.StableDiffusionInpaintPipeline(**_components(tmp, in_channels=9))
+    pipe.save_pretrained(tmp / "pipe", safe_serialization=True)
+    return tmp / "pipe", pipe
+
+
+def _with_scheduler(pipe, ours, name):
+    cls_name, changes = SCHEDULERS[name]
+    cls = getattr(diffusers, cls_name)
+    pipe.scheduler = cls.from_config({**SD_SCHEDULER, **changes})
+    schedule, prediction, sampling = sampling_from_scheduler({**dict(pipe.scheduler.config), "_class_name": cls_name})
+    ours.config = dataclasses.replace(ours.config, schedule=schedule, prediction=prediction, sampling=sampling)
+    return pipe
+
+
+def _init_image():
+    g = np.random.default_rng(0)
+    a = (g.random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
+    a[4:12, 2:9] = (220, 40, 40)
+    return Image.fromarray(a)
+
+
+def _mask():
+    a = np.zeros((SIZE, SIZE), np.uint8)
+    a[:, SIZE // 2:] = 255  # repaint the right half
+    return Image.fromarray(a)
+
+
+def _theirs(pipe, **kw):
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=5.0, output_type="np",
+               generator=torch.Generator().manual_seed(7), **kw).images
+    return out
+
+
+def _ours(system, **kw):
+    x = system.sample(PROMPT, negative_prompt=NEGATIVE, steps=STEPS, guidance=5.0, seed=7, **kw)
+    return x.permute(0, 2, 3, 1).numpy()  # (B, H, W, 3) like diffusers' "np" output
+
+
+def _check(theirs, ours):
+    assert theirs.shape == ours.shape
+    diff = float(np.abs(theirs - ours).max())
+    print(f"max abs pixel difference {diff:.2e}")  # shown with -s: the numbers the README reports
+    assert diff <= TOL
+    inside = (theirs > 0.02) & (theirs < 0.98)
+    assert inside.mean() > 0.3 and theirs.std() > 0.05  # a real image, not one clamped flat
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_txt2img_matches_diffusers(sd, scheduler):
+    folder, pipe = sd
+    ours = load_diffusers_pipeline(folder)
+    pipe = _with_scheduler(pipe, ours, scheduler)
+    _check(_theirs(pipe, height=SIZE, width=SIZE, num_images_per_prompt=2),
+           _ours(ours, width=SIZE, height=SIZE, num_images=2))
+
+
+def test_text_and_seed_matter(sd):
+    """The comparison above is sensitive: another prompt or seed moves pixels far beyond the tolerance."""
+    folder, _ = sd
+    ours = load_diffusers_pipeline(folder)
+    base = ours.sample(PROMPT, steps=STEPS, guidance=5.0, seed=7, width=SIZE, height=SIZE)
+    other_prompt = ours.sample("two green triangles", steps=STEPS, guidance=5.0, seed=7, width=SIZE, height=SIZE)
+    other_seed = ours.sample(PROMPT, steps=STEPS, guidance=5.0, seed=8, width=SIZE, height=SIZE)
+    assert (base - other_prompt).abs().max() > 50 * TOL
+    assert (base - other_seed).abs().max() > 50 * TOL
+    assert torch.equal(base, ours.sample(PROMPT, steps=STEPS, guidance=5.0, seed=7, width=SIZE, height=SIZE))
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpmpp_2m"])
+def test_img2img_matches_diffusers(sd, scheduler):
+    folder, pipe = sd
+    ours = load_diffusers_pipeline(folder)
+    pipe = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components)
+    pipe = _with_scheduler(pipe, ours, scheduler)
+    _check(_theirs(pipe, image=_init_image(), strength=0.6), _ours(ours, image=_init_image(), strength=0.6))
+
+
+@pytest.mark.parametrize("scheduler,strength", [("ddim", 1.0), ("euler", 0.7)])
+def test_inpaint_9_channel_matches_diffusers(sd_inpaint, scheduler, strength):
+    folder, pipe = sd_inpaint
+    ours = load_diffusers_pipeline(folder)
+    assert ours.config.inpainting
+    pipe = _with_scheduler(pipe, ours, scheduler)
+    kw = dict(image=_init_image(), mask=_mask(), strength=strength)
+    _check(_theirs(pipe, image=kw["image"], mask_image=kw["mask"], strength=strength, height=SIZE, width=SIZE),
+           _ours(ours, **kw))
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmpp_2m", "euler"])
+def test_inpaint_mask_blending_matches_diffusers(sd, scheduler):
+    """Any (4-channel) model inpaints by blending the kept region back after every step."""
+    folder, pipe = sd
+    ours = load_diffusers_pipeline(folder)
+    pipe = diffusers.StableDiffusionInpaintPipeline(**pipe.components)
+    pipe = _with_scheduler(pipe, ours, scheduler)
+    theirs = _theirs(pipe, image=_init_image(), mask_image=_mask(), height=SIZE, width=SIZE)
+    mine = _ours(ours, image=_init_image(), mask=_mask())
+    _check(theirs, mine)
+
+
+def test_convert_round_trip(sd, tmp_path):
+    """diffusers folder -> t2i -> t2i folder -> t2i -> diffusers folder: identical weights, and diffusers
+    gives the same image from the exported folder."""
+    folder, pipe = sd
+    first = load_diffusers_pipeline(folder)
+    first.save(tmp_path / "t2i")
+    second = LDM.load(tmp_path / "t2i")
+    save_diffusers_pipeline(second, tmp_path / "back")
+    third = load_diffusers_pipeline(tmp_path / "back")
+    for a, b in [(first, second), (first, third)]:
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert a.config == b.config
+
+    exported = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "back")
+    _check(_theirs(exported, height=SIZE, width=SIZE), _ours(second, width=SIZE, height=SIZE))
+    _check(_theirs(pipe.__class__(**{**pipe.components, "scheduler": exported.scheduler}), height=SIZE, width=SIZE),
+           _ours(third, width=SIZE, height=SIZE))
