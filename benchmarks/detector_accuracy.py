@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter
-
 import numpy as np
 from PIL import Image, ImageFilter
 
-from t2i.data import ShapesWorld
-from t2i.data.render import render
-from t2i.eval.detector import detect
+from t2i.eval.detector import render_accuracy
 
 
 def blur(sigma: float):
@@ -31,21 +27,9 @@ def noise(std: float):
 
 def accuracy(size: int, n: int, seed: int, corrupt=None) -> tuple[float, float, float]:
     """(image accuracy, object accuracy, images per second) at `size`, detected at that size."""
-    ds = ShapesWorld(size=size, seed=seed)
-    exact = objs = found = 0
     t = time.perf_counter()
-    for i in range(n):
-        scene = ds.scene(i)
-        im = render(scene, size)
-        if corrupt:
-            im = corrupt(im, i)
-        _, dets = detect(im, size=size)
-        gt = Counter((o.color, o.shape) for o in scene.objects)
-        dt = Counter((d.color, d.shape) for d in dets)
-        exact += gt == dt
-        objs += len(scene.objects)
-        found += sum((gt & dt).values())
-    return exact / n, found / objs, n / (time.perf_counter() - t)
+    img, obj = render_accuracy(size, n, seed, corrupt)
+    return img, obj, n / (time.perf_counter() - t)
 
 
 def main() -> None:

@@ -1,36 +1,16 @@
 """The analytic detector recovers ShapesWorld scenes: shape, colour, count, position, background."""
 
-from collections import Counter
-
 import numpy as np
 from PIL import Image, ImageFilter
 
 from t2i.data import ShapesWorld
 from t2i.data.render import render
 from t2i.data.scene import Obj, Scene
-from t2i.eval.detector import detect, label_components
-
-
-def _accuracy(size: int, n: int, seed: int, corrupt=None) -> tuple[float, float]:
-    """(fraction of images whose (colour, shape) multiset is exact, fraction of objects found)."""
-    ds = ShapesWorld(size=size, seed=seed)
-    exact = objs = found = 0
-    for i in range(n):
-        scene = ds.scene(i)
-        im = render(scene, size)
-        if corrupt is not None:
-            im = corrupt(im, i)
-        _, dets = detect(im, size=size)
-        gt = Counter((o.color, o.shape) for o in scene.objects)
-        dt = Counter((d.color, d.shape) for d in dets)
-        exact += gt == dt
-        objs += len(scene.objects)
-        found += sum((gt & dt).values())
-    return exact / n, found / objs
+from t2i.eval.detector import detect, label_components, render_accuracy
 
 
 def test_at_least_99_percent_right_on_clean_64px_renders():
-    exact, objects = _accuracy(64, 150, seed=2024)
+    exact, objects = render_accuracy(64, 150, seed=2024)
     assert objects >= 0.99 and exact >= 0.99
 
 
@@ -61,8 +41,8 @@ def test_mild_blur_and_noise():
         a = np.asarray(im, np.float32) + np.random.default_rng(i).normal(0, 5, (64, 64, 3))
         return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8))
 
-    assert _accuracy(64, 60, seed=5, corrupt=blur)[1] >= 0.97
-    assert _accuracy(64, 60, seed=6, corrupt=noise)[1] >= 0.97
+    assert render_accuracy(64, 60, seed=5, corrupt=blur)[1] >= 0.97
+    assert render_accuracy(64, 60, seed=6, corrupt=noise)[1] >= 0.97
 
 
 def test_empty_and_shapeless_images():

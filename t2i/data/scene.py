@@ -66,14 +66,9 @@ def size_name(r: float) -> str:
     return min(SIZES, key=lambda k: abs(SIZES[k] - r))
 
 
-@dataclass(frozen=True)
-class Obj:
-    """One flat-coloured shape, centred at (x, y) and inscribed in a circle of radius r."""
+class Located:
+    """Centre helpers for anything with fields x, y (scene objects and detections)."""
 
-    shape: str
-    color: str
-    size: str
-    r: float
     x: float
     y: float
 
@@ -84,6 +79,18 @@ class Obj:
     @property
     def position(self) -> str:
         return grid_position(self.x, self.y)
+
+
+@dataclass(frozen=True)
+class Obj(Located):
+    """One flat-coloured shape, centred at (x, y) and inscribed in a circle of radius r."""
+
+    shape: str
+    color: str
+    size: str
+    r: float
+    x: float
+    y: float
 
     def bbox(self) -> tuple[float, float, float, float]:
         """Tight bounding box (x0, y0, x1, y1) of the drawn shape, as fractions."""

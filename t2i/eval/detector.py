@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from t2i.data.render import SUPERSAMPLE, coverage
-from t2i.data.scene import AREA_PER_R2, BACKGROUNDS, COLOR_NAMES, COLORS, SHAPES, grid_position, size_name
+from t2i.data.scene import AREA_PER_R2, BACKGROUNDS, COLOR_NAMES, COLORS, SHAPES, Located, size_name
 from t2i.data.transforms import center_crop_resize
 
 EVAL_SIZE = 64
@@ -29,7 +29,7 @@ _PALETTE = np.array([COLORS[c] for c in COLOR_NAMES], np.float32)  # (8, 3)
 
 
 @dataclass(frozen=True)
-class Detection:
+class Detection(Located):
     """One detected object: centre (x, y) and radius r as fractions of the side, iou of its shape template."""
 
     shape: str
@@ -39,14 +39,6 @@ class Detection:
     r: float
     iou: float
     area: float
-
-    @property
-    def center(self) -> tuple[float, float]:
-        return (self.x, self.y)
-
-    @property
-    def position(self) -> str:
-        return grid_position(self.x, self.y)
 
     @property
     def size(self) -> str:
@@ -127,6 +119,28 @@ def classify_shape(soft: np.ndarray, cx: float, cy: float, area: float) -> tuple
     if best[1] < MIN_IOU:
         return "unknown", best[1], best[2]
     return best
+
+
+def render_accuracy(size: int, n: int, seed: int, corrupt=None) -> tuple[float, float]:
+    """(fraction of images whose (colour, shape) multiset is exact, fraction of objects found) on n
+    ShapesWorld renders at `size`, each passed through corrupt(image, i) when given."""
+    from collections import Counter
+
+    from t2i.data.render import render
+    from t2i.data.shapes import ShapesWorld
+
+    ds = ShapesWorld(size=size, seed=seed)
+    exact = objs = found = 0
+    for i in range(n):
+        scene = ds.scene(i)
+        im = render(scene, size)
+        _, dets = detect(corrupt(im, i) if corrupt else im, size=size)
+        truth = Counter((o.color, o.shape) for o in scene.objects)
+        seen = Counter((d.color, d.shape) for d in dets)
+        exact += truth == seen
+        objs += len(scene.objects)
+        found += sum((truth & seen).values())
+    return exact / n, found / objs
 
 
 def detect(image, size: int = EVAL_SIZE) -> tuple[str, list[Detection]]:
