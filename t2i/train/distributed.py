@@ -74,6 +74,14 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
+    def from_main(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every process."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

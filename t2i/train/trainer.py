@@ -39,7 +39,7 @@ class TrainResult:
     stopped_by: str  # steps | until | time | signal
     checkpoint: Path | None  # the last checkpoint written or resumed from
     loss: float  # mean loss of the last logged interval
-    images_per_s: float  # this run's training throughput (global images per second)
+    images_per_s: float  # this run's training throughput (global images per second, the loop only)
 
 
 def pick_device(name: str, d: Dist) -> torch.device:
@@ -113,7 +113,9 @@ class Trainer:
 
         resume_from = None
         if self.resume:
-            resume_from = ckpt_io.latest_checkpoint(self.ckpt_root, log=self.log)
+            found = ckpt_io.latest_checkpoint(self.ckpt_root, log=self.log) if self.dist.is_main else None
+            chosen = self.dist.from_main(None if found is None else str(found))  # every rank loads rank 0's pick
+            resume_from = None if chosen is None else Path(chosen)
             if resume_from is None:
                 self.log(f"--resume: no complete checkpoint in {self.ckpt_root}; starting from step 0")
         self.dataset = build_dataset(self.recipe.data)
@@ -285,12 +287,12 @@ class Trainer:
                     stopped_by = "signal" if stop.signalled else "time"
                     break
             bar.close()
+            loop_s = time.monotonic() - t_start
             if saved_at != self.step:
                 self.save()
             if stopped_by != "signal" and (not cfg.sample_every or self.step % cfg.sample_every):
                 self.write_samples()
-        elapsed = time.monotonic() - t_start
-        ips = (self.step - start_step) * cfg.batch_size / max(elapsed, 1e-9)
+        ips = (self.step - start_step) * cfg.batch_size / max(loop_s, 1e-9)
         self.log(f"stopped at step {self.step} ({stopped_by}); last checkpoint: {self.last_checkpoint}")
         return TrainResult(self.step, stopped_by, self.last_checkpoint, last_loss, ips)
 
