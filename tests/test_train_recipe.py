@@ -99,3 +99,13 @@ def test_cli_lists_recipes(capsys):
     assert main(["train", "--list"]) == 0
     out = capsys.readouterr().out
     assert "tiny_pixel" in out and "shapes_ldm" in out
+
+
+def test_folder_dataset_without_captions_is_named(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(tmp_path / "red.png")
+    code = main(["train", "tiny_pixel", "--out", str(tmp_path / "run"), "--set", "data.dataset='folder'",
+                 "--set", f"data.path='{tmp_path}'"])
+    assert code == 2
+    assert "no caption (expected red.txt beside it" in capsys.readouterr().err

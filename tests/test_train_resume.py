@@ -102,3 +102,31 @@ def test_cli_trains_reports_where_outputs_go_and_resumes(tmp_path, capsys):
     assert main(["train", "tiny_pixel", "--out", str(out), "--resume", "--set", "train.steps=3", *small]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert read_checkpoint(out / "checkpoints" / "step_00000003").step == 3
+
+
+def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "t2i.cli", "train", "tiny_pixel", "--out", str(out), "--no-progress",
+           "--set", "train.steps=100000", "--set", "train.log_every=1", "--set", "train.checkpoint_every=100000",
+           "--set", "train.batch_size=2", "--set", "diffusion.num_samples=2", "--set", "diffusion.sample_steps=2"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()]
+    c = read_checkpoint(out / "checkpoints" / f"step_{steps[-1]:08d}")
+    assert c.step == steps[-1] >= 1 and "(signal)" in stdout

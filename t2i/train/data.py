@@ -19,8 +19,6 @@ from t2i.train.config import RecipeError
 from t2i.train.recipe import DataConfig
 from t2i.train.registry import DATASETS
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
 
 @DATASETS.register("shapes")
 def shapes_dataset(cfg: DataConfig) -> Dataset:
@@ -32,41 +30,19 @@ def shapes_dataset(cfg: DataConfig) -> Dataset:
     return ShapesWorld(size=cfg.size, seed=cfg.seed, length=cfg.length)
 
 
-class ImageFolder(Dataset):
-    """Images in a folder, each captioned by a same-name .txt file: (image (3, H, W) in [-1, 1], caption, meta)."""
-
-    def __init__(self, path: str | Path, size: int):
-        self.path, self.size = Path(path), size
-        if not str(path):
-            raise RecipeError("[data] path is empty: a folder dataset needs path = \"DIR\"")
-        if not self.path.is_dir():
-            raise RecipeError(f"[data] path = '{path}': no such directory")
-        self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.files:
-            raise RecipeError(f"[data] path = '{path}': no images ({', '.join(IMAGE_SUFFIXES)}) in it")
-        missing = [p.name for p in self.files if not p.with_suffix(".txt").is_file()]
-        if missing:
-            raise RecipeError(f"[data] path = '{path}': {len(missing)} images lack a caption file, "
-                              f"e.g. {missing[0]} needs {Path(missing[0]).with_suffix('.txt')}")
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, dict]:
-        from PIL import Image
-
-        from t2i.data.transforms import center_crop_resize, to_tensor
-
-        f = self.files[i]
-        with Image.open(f) as im:
-            image = to_tensor(center_crop_resize(im.convert("RGB"), self.size))
-        return image, f.with_suffix(".txt").read_text().strip(), {"index": i, "file": f.name}
-
-
 @DATASETS.register("folder")
 def folder_dataset(cfg: DataConfig) -> Dataset:
-    """A folder of images with .txt captions, centre-cropped to cfg.size."""
-    return ImageFolder(cfg.path, cfg.size)
+    """A folder of captioned images (metadata.jsonl or .txt sidecars), centre-cropped to cfg.size."""
+    from t2i.data.folder import ImageFolderDataset
+
+    if not cfg.path:
+        raise RecipeError("[data] path is empty: a folder dataset needs path = \"DIR\"")
+    if not Path(cfg.path).is_dir():
+        raise RecipeError(f"[data] path = '{cfg.path}': no such directory")
+    try:
+        return ImageFolderDataset(cfg.path, cfg.size)
+    except ValueError as e:
+        raise RecipeError(f"[data] path = '{cfg.path}': {e}") from None
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:
