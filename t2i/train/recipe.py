@@ -128,10 +128,6 @@ class Recipe:
                    train=TrainConfig.from_dict(d.get("train"), "[train]"),
                    options=kind.Options.from_dict(d.get(stage), f"[{stage}]"))
 
-    def with_train(self, **changes: Any) -> "Recipe":
-        """A copy with some [train] values replaced (checked like the file's)."""
-        return Recipe.from_dict({**self.to_dict(), "train": {**self.train.to_dict(), **changes}})
-
 
 def bundled_recipes() -> dict[str, Path]:
     """Recipes shipped in the package: name (file stem) -> path."""

@@ -12,7 +12,6 @@ from t2i.train.trainer import Trainer, TrainingError
 
 def list_recipes() -> str:
     """One line per bundled recipe: name and description."""
-    from t2i.train.recipe import Recipe  # noqa: F401
     import tomllib
 
     lines = []

@@ -1,0 +1,1 @@
+"""Bundled training recipes (TOML), one per system stage; see t2i.train.recipe."""
