@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -75,12 +76,120 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
 
 
+def _generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="what to draw")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--system", default="ldm", help="a named system with shipped weights (default: ldm)")
+    src.add_argument("--model", metavar="PATH", help="a t2i folder, a diffusers folder or a single-file .safetensors")
+    p.add_argument("--config", metavar="DIR", help="single-file checkpoints: the folder with its tokenizer/")
+    p.add_argument("-n", "--num-images", type=int, default=1, metavar="N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    p.add_argument("--sampler", default=None, help="ddim, ddpm, euler, euler_a, heun, dpmpp_2m (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--out", default="t2i.png", metavar="FILE", help="PNG path; with -n > 1, FILE-i.png + FILE-grid.png")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="text to image")
+    _generation_args(p)
+    p.add_argument("--image", metavar="FILE", help="init image (img2img; with --mask, inpainting)")
+    p.add_argument("--mask", metavar="FILE", help="inpainting mask, white = repaint (needs --image)")
+    p.add_argument("--strength", type=float, default=None, help="how much of the init image to redraw, (0, 1]")
+    p.set_defaults(func=_run_generate)
+
+
+def _add_img2img(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("img2img", help="redraw an image guided by a prompt (SDEdit)")
+    _generation_args(p)
+    p.add_argument("--image", metavar="FILE", required=True, help="init image")
+    p.add_argument("--strength", type=float, default=0.75, help="how much to redraw, (0, 1]")
+    p.set_defaults(func=_run_generate, mask=None)
+
+
+def _add_inpaint(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inpaint", help="repaint the masked part of an image")
+    _generation_args(p)
+    p.add_argument("--image", metavar="FILE", required=True, help="init image")
+    p.add_argument("--mask", metavar="FILE", required=True, help="mask of the same size, white = repaint")
+    p.add_argument("--strength", type=float, default=1.0, help="how much of the masked part to redraw, (0, 1]")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from t2i.api import generate_files, load, open_image
+    from t2i.diffusion import SAMPLERS
+
+    if not args.prompt.strip():
+        raise UsageError("the prompt is empty: give the text to draw")
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler '{args.sampler}'; choose from {', '.join(sorted(SAMPLERS))}")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.mask is not None and args.image is None:
+        raise UsageError("--mask needs an --image to inpaint")
+    strength = args.strength if args.strength is not None else (0.75 if args.mask is None else 1.0)
+    try:
+        image = open_image(args.image, "init image") if args.image else None
+        mask = open_image(args.mask, "mask") if args.mask else None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    source = args.model or args.system
+    if args.model is not None and not os.path.exists(args.model):
+        raise UsageError(f"--model '{args.model}': no such file or folder")
+    try:
+        system = load(source, device=args.device, config_dir=args.config)
+    except (ValueError, OSError, KeyError) as e:
+        msg = str(e) if args.model is None else f"cannot load model '{args.model}': {e}"
+        raise UsageError(msg.splitlines()[0] if msg else repr(e)) from None
+    try:
+        paths = generate_files(system, args.prompt, args.out, negative_prompt=args.negative,
+                               num_images=args.num_images, seed=args.seed, steps=args.steps, sampler=args.sampler,
+                               guidance=args.guidance, width=args.width, height=args.height, image=image, mask=mask,
+                               strength=strength if image is not None else 1.0, progress=not args.no_progress)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a model between t2i, diffusers and single-file layouts")
+    p.add_argument("src", help="a t2i folder, a diffusers folder or a single-file .safetensors")
+    p.add_argument("dst", help="where to write it (a new folder, or a .safetensors file for --to single-file)")
+    p.add_argument("--to", choices=("t2i", "diffusers", "single-file"), default=None,
+                   help="target layout (default: diffusers for a t2i folder, t2i otherwise)")
+    p.add_argument("--config", metavar="DIR", help="single-file sources: the folder with its tokenizer/")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from t2i.api import convert
+
+    try:
+        out = convert(args.src, args.dst, args.to, args.config)
+    except (ValueError, OSError, KeyError) as e:
+        raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2i", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_generate(sub)
+    _add_img2img(sub)
+    _add_inpaint(sub)
+    _add_convert(sub)
     return parser
 
 

@@ -217,3 +217,21 @@ def test_convert_round_trip(sd, tmp_path):
     _check(_theirs(exported, height=SIZE, width=SIZE), _ours(second, width=SIZE, height=SIZE))
     _check(_theirs(pipe.__class__(**{**pipe.components, "scheduler": exported.scheduler}), height=SIZE, width=SIZE),
            _ours(third, width=SIZE, height=SIZE))
+
+
+def test_single_file_checkpoint_matches_diffusers(sd, tmp_path):
+    """An original-layout single file (written by t2i's sd_single_file map) plus the folder's tokenizer and
+    scheduler gives diffusers' image; without a tokenizer folder the error says what is missing."""
+    from t2i.io.sd_checkpoint import load_sd_checkpoint
+    from t2i.io.sd_single_file import StableDiffusionWeights, save_sd_single_file
+
+    folder, pipe = sd
+    system = load_diffusers_pipeline(folder)
+    path = save_sd_single_file(StableDiffusionWeights(unet=system.unet, vae=system.autoencoder,
+                                                      text_encoder=system.text_encoder.transformer),
+                               tmp_path / "model.safetensors")
+    ours = load_sd_checkpoint(path, config_dir=folder)
+    pipe = _with_scheduler(pipe, ours, "euler")
+    _check(_theirs(pipe, height=SIZE, width=SIZE), _ours(ours, width=SIZE, height=SIZE))
+    with pytest.raises(ValueError, match="carries no tokenizer"):
+        load_sd_checkpoint(path)

@@ -29,6 +29,17 @@ FORMAT = 1  # version of the t2i system folder layout written by `save`
 TEXT_KINDS = ("word", "clip")
 
 
+def _encoder_config(kind: str, d: Mapping[str, Any]) -> Any:
+    """The config object of a text encoder kind from its fields."""
+    if kind == "clip":
+        from t2i.nn.transformer import TextTransformerConfig
+
+        return TextTransformerConfig.from_dict(dict(d))
+    from t2i.encoders import TextEncoderConfig
+
+    return TextEncoderConfig.from_dict(dict(d))
+
+
 @dataclass(frozen=True)
 class TextConfig:
     """Which text encoder conditions the UNet and how its tokens are passed on."""
@@ -42,6 +53,7 @@ class TextConfig:
     def __post_init__(self) -> None:
         if self.kind not in TEXT_KINDS:
             raise ValueError(f"unknown text encoder kind {self.kind!r}; choose from {', '.join(TEXT_KINDS)}")
+        object.__setattr__(self, "encoder", _encoder_config(self.kind, self.encoder).to_dict())  # complete, checked
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,9 +112,9 @@ def build_text_encoder(text: TextConfig, tokenizer: Any) -> nn.Module:
 
         return TokenizedTextEncoder(tokenizer, TextTransformer(TextTransformerConfig.from_dict(text.encoder)),
                                     text.attention_mask)
-    from t2i.encoders import TextEncoder, TextEncoderConfig
+    from t2i.encoders import TextEncoder
 
-    return TextEncoder(tokenizer, TextEncoderConfig.from_dict(text.encoder))
+    return TextEncoder(tokenizer, _encoder_config("word", text.encoder))
 
 
 class LDM(nn.Module):
@@ -245,15 +257,20 @@ class LDM(nn.Module):
         """PIL images; each carries its generation parameters in `.info` (written by `save_png`)."""
         steps = steps or self.config.sampling.steps
         bar = None
-        if progress:
-            from tqdm import tqdm
 
-            total = min(int(steps * strength), steps) if image is not None else steps
-            bar = tqdm(total=total, desc="sampling", unit="step")
+        def tick(i: int) -> None:  # the bar opens at the first step, after the inputs were checked
+            nonlocal bar
+            if bar is None:
+                from tqdm import tqdm
+
+                total = min(int(steps * strength), steps) if image is not None else steps
+                bar = tqdm(total=total, desc="sampling", unit="step")
+            bar.update(1)
+
         try:
             x = self.sample(prompt, negative_prompt=negative_prompt, num_images=num_images, seed=seed, steps=steps,
                             sampler=sampler, guidance=guidance, width=width, height=height, image=image, mask=mask,
-                            strength=strength, progress=(lambda i: bar.update(1)) if bar is not None else None)
+                            strength=strength, progress=tick if progress else None)
         finally:
             if bar is not None:
                 bar.close()

@@ -1,0 +1,138 @@
+"""`t2i.load(name_or_path)`: a named system with its shipped weights, or a model on disk in any format t2i reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from t2i.io.weights import PICKLE_SUFFIXES
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"  # shipped t2i system folders: weights/<name>/system.json
+
+
+def shipped_weights(name: str) -> Path:
+    """The folder of a named system's shipped weights (it may not exist yet)."""
+    return WEIGHTS_DIR / name
+
+
+def load(name_or_path: str | os.PathLike, *, device: str = "cpu", config_dir: str | os.PathLike | None = None):
+    """A system ready to `generate`: "ldm" (shipped ShapesWorld weights), a t2i system folder, a diffusers
+    Stable Diffusion folder, or an original single-file SD checkpoint (.safetensors; `config_dir` names the
+    folder with its tokenizer/ when it is not beside the file). Raises ValueError / FileNotFoundError
+    with a one-line reason."""
+    from t2i.systems import SYSTEMS
+
+    text = str(name_or_path)
+    path = Path(name_or_path)
+    if text in SYSTEMS and not path.exists():
+        folder = shipped_weights(text)
+        if not (folder / "system.json").is_file():
+            raise ValueError(f"no shipped weights are installed yet for the '{text}' system ({folder} is missing); "
+                             "train them with `t2i train`, or pass --model PATH (a t2i, diffusers or single-file model)")
+        return _load_path(folder, config_dir).to(device)
+    if not path.exists():
+        raise ValueError(f"unknown system or path '{text}': systems are {', '.join(sorted(SYSTEMS))}; "
+                         "or give an existing model folder or .safetensors file")
+    return _load_path(path, config_dir).to(device)
+
+
+def _load_path(path: Path, config_dir: str | os.PathLike | None):
+    from t2i.systems import SYSTEMS
+
+    if path.is_dir():
+        if (path / "system.json").is_file():
+            kind = json.loads((path / "system.json").read_text()).get("system")
+            if kind not in SYSTEMS:
+                raise ValueError(f"{path}: system.json names an unknown system {kind!r}")
+            return SYSTEMS[kind].load(path)
+        if (path / "model_index.json").is_file():
+            from t2i.io.diffusers_pipeline import load_diffusers_pipeline
+
+            return load_diffusers_pipeline(path)
+        raise ValueError(f"{path}: neither a t2i system folder (system.json) nor a diffusers folder (model_index.json)")
+    if path.suffix.lower() == ".safetensors":
+        from t2i.io.sd_checkpoint import load_sd_checkpoint
+
+        return load_sd_checkpoint(path, config_dir)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        from t2i.io.weights import check_safetensors_file
+
+        check_safetensors_file(path)  # raises: pickle checkpoints are refused by name
+    raise ValueError(f"{path}: not a model t2i reads (a t2i or diffusers folder, or a .safetensors checkpoint)")
+
+
+def open_image(path: str | os.PathLike, what: str):
+    """A PIL image from a file, or a ValueError saying plainly why not."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} '{path}': no such file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{what} '{path}' is not an image PIL can read ({e.__class__.__name__})") from None
+
+
+def output_paths(out: str | os.PathLike, n: int) -> tuple[list[Path], Path | None]:
+    """OUT.png for one image; OUT-0.png ... OUT-{n-1}.png and OUT-grid.png for several."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        out = out.with_name(out.name + ".png")
+    if n == 1:
+        return [out], None
+    return [out.with_name(f"{out.stem}-{i}.png") for i in range(n)], out.with_name(f"{out.stem}-grid.png")
+
+
+def generate_files(system, prompt: str, out: str | os.PathLike, *, negative_prompt: str = "", num_images: int = 1,
+                   seed: int = 0, steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
+                   width: int | None = None, height: int | None = None, image=None, mask=None, strength: float = 1.0,
+                   progress: bool = True) -> list[Path]:
+    """Generate and write PNGs carrying their parameters (and a grid when num_images > 1); return the paths."""
+    from t2i.systems.base import image_grid, save_png
+
+    if num_images < 1:
+        raise ValueError(f"the number of images must be at least 1, got {num_images}")
+    images = system.generate(prompt, negative_prompt=negative_prompt, num_images=num_images, seed=seed, steps=steps,
+                             sampler=sampler, guidance=guidance, width=width, height=height, image=image, mask=mask,
+                             strength=strength, progress=progress)
+    paths, grid = output_paths(out, len(images))
+    written = [save_png(im, p, im.info) for im, p in zip(images, paths)]
+    if grid is not None:
+        meta = {k: v for k, v in images[0].info.items() if k != "batch_index"}
+        written.append(save_png(image_grid(images), grid, meta))
+    return written
+
+
+CONVERT_FORMATS = ("t2i", "diffusers", "single-file")
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None,
+            config_dir: str | os.PathLike | None = None) -> Path:
+    """Read a model in any format t2i reads and write it as a t2i folder, a diffusers folder or one
+    original-layout .safetensors file (default: diffusers for a t2i folder, t2i for anything else)."""
+    src, dst = Path(src), Path(dst)
+    if to is None:
+        to = "diffusers" if (src / "system.json").is_file() else "t2i"
+    if to not in CONVERT_FORMATS:
+        raise ValueError(f"unknown target format {to!r}; choose from {', '.join(CONVERT_FORMATS)}")
+    if dst.exists() and (dst.is_file() or any(dst.iterdir())):
+        raise ValueError(f"{dst} already exists and is not empty; give a new path")
+    system = load(src, config_dir=config_dir)
+    if to == "t2i":
+        return system.save(dst)
+    if to == "diffusers":
+        from t2i.io.diffusers_pipeline import save_diffusers_pipeline
+
+        return save_diffusers_pipeline(system, dst)
+    from t2i.io.sd_single_file import StableDiffusionWeights, save_sd_single_file
+
+    if dst.suffix.lower() != ".safetensors":
+        raise ValueError(f"{dst}: a single-file checkpoint is written as a '.safetensors' file")
+    if system.config.text.kind != "clip":
+        raise ValueError("only CLIP-text systems have an original single-file layout")
+    weights = StableDiffusionWeights(unet=system.unet, vae=system.autoencoder, text_encoder=system.text_encoder.transformer)
+    return save_sd_single_file(weights, dst)
