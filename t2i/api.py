@@ -41,6 +41,8 @@ def _load_path(path: Path, config_dir: str | os.PathLike | None):
     from t2i.systems import SYSTEMS
 
     if path.is_dir():
+        if (path / "checkpoints").is_dir() or (path / "manifest.json").is_file():
+            return system_from_training_run(path)
         if (path / "system.json").is_file():
             kind = json.loads((path / "system.json").read_text()).get("system")
             if kind not in SYSTEMS:
@@ -50,7 +52,8 @@ def _load_path(path: Path, config_dir: str | os.PathLike | None):
             from t2i.io.diffusers_pipeline import load_diffusers_pipeline
 
             return load_diffusers_pipeline(path)
-        raise ValueError(f"{path}: neither a t2i system folder (system.json) nor a diffusers folder (model_index.json)")
+        raise ValueError(f"{path}: neither a t2i system folder (system.json), a diffusers folder (model_index.json) "
+                         "nor a `t2i train` run (checkpoints/)")
     if path.suffix.lower() == ".safetensors":
         from t2i.io.sd_checkpoint import load_sd_checkpoint
 
@@ -116,7 +119,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
     original-layout .safetensors file (default: diffusers for a t2i folder, t2i for anything else)."""
     src, dst = Path(src), Path(dst)
     if to is None:
-        to = "diffusers" if (src / "system.json").is_file() else "t2i"
+        to = "diffusers" if (src / "system.json").is_file() else "t2i"  # a diffusers, single-file or training run
     if to not in CONVERT_FORMATS:
         raise ValueError(f"unknown target format {to!r}; choose from {', '.join(CONVERT_FORMATS)}")
     if dst.exists() and (dst.is_file() or any(dst.iterdir())):
@@ -136,3 +139,53 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
         raise ValueError("only CLIP-text systems have an original single-file layout")
     weights = StableDiffusionWeights(unet=system.unet, vae=system.autoencoder, text_encoder=system.text_encoder.transformer)
     return save_sd_single_file(weights, dst)
+
+
+_DEFAULT_BETAS = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "cosine": (0.00085, 0.012)}
+
+
+def system_from_training_run(run: str | os.PathLike, first_stage: str | os.PathLike | None = None):
+    """The LDM system of a `t2i train` diffusion run (its newest good checkpoint, EMA weights) over the
+    autoencoder run its recipe names (`first_stage`, resolved from the working directory, else beside
+    the run); `t2i convert RUN t2i/weights/ldm` makes shipped weights of it."""
+    from t2i.encoders import WordTokenizer
+    from t2i.io.weights import load_into
+    from t2i.systems import LDM, LDMConfig, SamplingConfig, ScheduleConfig, TextConfig
+    from t2i.train.checkpoint import latest_checkpoint, read_checkpoint
+    from t2i.train.stages.diffusion import load_first_stage
+
+    run = Path(run)
+    ckpt_path = run if (run / "manifest.json").is_file() else latest_checkpoint(run / "checkpoints", log=lambda m: None)
+    if ckpt_path is None:
+        raise ValueError(f"{run}: no complete checkpoint in {run / 'checkpoints'}")
+    ckpt = read_checkpoint(ckpt_path)
+    o = ckpt.config.get("diffusion")
+    if ckpt.config.get("stage") != "diffusion" or not o or o.get("text_encoder") != "word" or not o.get("first_stage"):
+        raise ValueError(f"{ckpt_path}: not a text-conditioned latent diffusion run (stage 'diffusion' with a "
+                         "word text encoder and a first_stage autoencoder)")
+    if o.get("network", "unet") != "unet":
+        raise ValueError(f"{ckpt_path}: network {o.get('network')!r} is not the t2i UNet")
+    ae_path = Path(first_stage) if first_stage is not None else Path(o["first_stage"])
+    if first_stage is None and not ae_path.exists():
+        ae_path = run.parent / ae_path.name
+    autoencoder = load_first_stage(ae_path, "cpu")
+    beta_start, beta_end = _DEFAULT_BETAS[o["schedule"]]
+    from t2i.nn.unet import UNetConfig
+
+    config = LDMConfig(
+        unet=UNetConfig.from_dict(o["net"]), autoencoder=autoencoder.config,
+        text=TextConfig(kind="word", encoder=o.get("text", {}), context_mask=True, pooled=bool(o.get("pooled"))),
+        schedule=ScheduleConfig(o["schedule"], int(o.get("timesteps", 1000)), beta_start, beta_end),
+        prediction=o.get("prediction", "eps"),
+        sampling=SamplingConfig(sampler=o.get("sampler", "dpmpp_2m"), steps=int(o.get("sample_steps", 20)),
+                                guidance=float(o.get("guidance", 3.0)), spacing="leading", offset=0),
+        sample_size=int(ckpt.config.get("data", {}).get("size", 64)),
+    )
+    tokenizer = WordTokenizer.from_json(ckpt.extra("tokenizer.json").decode())
+    system = LDM.build(config, tokenizer, name=run.name)
+    part = {"net": system.unet, "text": system.text_encoder}
+    for prefix, module in part.items():
+        load_into(module, {k[len(prefix) + 1:]: v for k, v in ckpt.ema.items() if k.startswith(prefix + ".")},
+                  where=f"{ckpt_path} ({prefix})")
+    load_into(system.autoencoder, autoencoder.state_dict(), where=str(ae_path))
+    return system.eval()

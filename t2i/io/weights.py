@@ -42,7 +42,7 @@ def check_safetensors_file(path: str | os.PathLike) -> Path:
         head = f.read(9)
     if head[:2] == b"PK":
         raise _refuse(path, "this is a zip archive (a torch.save pickle checkpoint), not safetensors")
-    if head[:1] == b"\x80":
+    if head[:1] == b"\x80" and head[8:9] != b"{":  # a safetensors header length may start with 0x80 too
         raise _refuse(path, "this is a pickle stream, not safetensors")
     if len(head) < 9:
         raise _refuse(path, "file too short to be safetensors")
