@@ -193,3 +193,36 @@ def test_head_dim_config_exports_as_heads_per_level():
     d = unet_config_to_diffusers(cfg)
     assert d["attention_head_dim"] == [2, 4]
     assert unet_config_from_diffusers(d).heads_at(1) == cfg.heads_at(1) == (4, 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sd", ["sd15", "sd21"])
+def test_real_stable_diffusion_sizes_match_both_ways(sd):
+    """SD 1.5 (8 heads, 1x1-conv projections) and SD 2.1 (64-wide heads per level, linear) at full width."""
+    over = dict(sample_size=8, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, norm_num_groups=32,
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    if sd == "sd15":
+        over.update(cross_attention_dim=768, attention_head_dim=8)
+    else:
+        over.update(cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
+    torch.manual_seed(0)
+    theirs = UNet2DConditionModel(**over).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0.0, 0.02)
+    cfg = unet_config_from_diffusers(dict(theirs.config))
+    ours = UNet(cfg).eval()
+    ours.load_state_dict(from_diffusers(theirs.state_dict(), cfg))
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 4, 16, 16, generator=g), torch.tensor([500.0])
+    ctx = torch.randn(1, 77, over["cross_attention_dim"], generator=g)
+    with torch.no_grad():
+        ref = theirs(x, t, encoder_hidden_states=ctx).sample
+        out = ours(x, t, context=ctx)
+    scale = ref.abs().max()
+    assert scale > 0.02 and (out - ref).abs().max() <= min(TOL, 1e-3 * scale)  # std-0.02 weights: small outputs
+    linear = sd == "sd21"
+    back = to_diffusers(ours.state_dict(), cfg, linear_projection=linear)
+    assert back.keys() == theirs.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in theirs.state_dict().items())
