@@ -142,7 +142,7 @@ def test_unet_only_variants_round_trip_through_the_original_layout(tmp_path, ove
     fresh.load_state_dict(convert_ldm_unet_checkpoint(ckpt, dict(unet.config)))
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in unet.state_dict().items())
     heads = cfg.num_heads
-    back = load_sd_single_file(path, num_heads=heads)
+    back = load_sd_single_file(path, num_heads=heads, norm_groups=32)
     assert back.linear_projection == linear and back.vae is None and back.text_encoder is None
     assert back.unet.config == cfg
     pooled = torch.randn(2, cfg.pooled_dim) if cfg.pooled_dim else None

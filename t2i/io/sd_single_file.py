@@ -111,7 +111,7 @@ def _indices(state: dict[str, torch.Tensor], pattern: str) -> list[int]:
 def unet_config_from_ldm(
     state: dict[str, torch.Tensor],
     *,
-    num_heads: int | None = None,
+    num_heads: int | tuple[int, ...] | None = None,
     head_dim: int | None = None,
     norm_groups: int = 32,
 ) -> UNetConfig:
@@ -191,23 +191,25 @@ class StableDiffusionWeights:
 def load_sd_single_file(
     path: str | os.PathLike,
     *,
-    num_heads: int | None = None,
+    num_heads: int | tuple[int, ...] | None = None,
     head_dim: int | None = None,
+    norm_groups: int = 32,
     text_heads: int | None = None,
     vae: bool = True,
     text_encoder: bool = True,
 ) -> StableDiffusionWeights:
     """Read an original single-file SD checkpoint (.safetensors only: pickle .ckpt files are refused).
 
-    Head counts are not stored in such files: `num_heads` / `head_dim` override the UNet's SD 1.x / 2.x
-    defaults and `text_heads` the text encoder's (64-wide heads by default).
+    Head counts and GroupNorm groups are not stored in such files: `num_heads` / `head_dim` override
+    the UNet's SD 1.x / 2.x defaults, `norm_groups` its 32 groups and `text_heads` the text encoder's
+    (64-wide heads by default).
     """
     state = load_safetensors(path)
     where = str(path)
     unet_state = _strip(state, UNET_PREFIX)
     if not unet_state:
         raise ValueError(f"{where}: no '{UNET_PREFIX}*' tensors: not an original Stable Diffusion checkpoint")
-    cfg = unet_config_from_ldm(unet_state, num_heads=num_heads, head_dim=head_dim)
+    cfg = unet_config_from_ldm(unet_state, num_heads=num_heads, head_dim=head_dim, norm_groups=norm_groups)
     unet = UNet(cfg)
     load_into(unet, unet_from_ldm(unet_state, cfg), where=where)
     out = StableDiffusionWeights(unet=unet, linear_projection=uses_linear_projection(unet_state))
