@@ -34,6 +34,14 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary and merges of a `tokenizers` BPE file, as CLIP's tokenizer saves it."""
+    model = json.loads(path.read_text(encoding="utf-8")).get("model", {})
+    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
+        raise ValueError(f"{path}: not a CLIP byte-level BPE tokenizer")
+    return model["vocab"], [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+
+
 class CLIPTokenizer:
     """Encode prompts to fixed-length id tensors: [bos] tokens [eos] [pad ...]."""
 
@@ -52,15 +60,18 @@ class CLIPTokenizer:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "CLIPTokenizer":
-        """Read `vocab.json`, `merges.txt` and (optionally) `tokenizer_config.json` /
-        `special_tokens_map.json` from a diffusers / transformers tokenizer folder."""
+        """Read `vocab.json`, `merges.txt` (or the `tokenizer.json` transformers >= 5 writes instead) and
+        (optionally) `tokenizer_config.json` / `special_tokens_map.json` from a tokenizer folder."""
         folder = Path(folder)
-        for name in ("vocab.json", "merges.txt"):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"tokenizer folder {folder} has no {name}")
-        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
-        merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+        if not (folder / "vocab.json").is_file() and (folder / "tokenizer.json").is_file():
+            vocab, merges = _read_tokenizer_json(folder / "tokenizer.json")
+        else:
+            for name in ("vocab.json", "merges.txt"):
+                if not (folder / name).is_file():
+                    raise FileNotFoundError(f"tokenizer folder {folder} has no {name} (nor a tokenizer.json)")
+            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+            lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+            merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
         options: dict = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):
             path = folder / name

@@ -2,9 +2,8 @@
 
 A folder holds model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/. The
 parts go through their own key maps (diffusers_unet, diffusers_vae, clip_text); this module
-reads the tokenizer (vocab.json + merges.txt, or the tokenizer.json that transformers 5
-writes) and turns the scheduler config into t2i sampler settings that reproduce diffusers'
-timesteps, sigmas and initial noise exactly.
+turns the scheduler config into t2i sampler settings that reproduce diffusers' timesteps,
+sigmas and initial noise exactly, and assembles the parts into one LDM.
 """
 
 from __future__ import annotations
@@ -19,6 +18,9 @@ from t2i.encoders.clip_tokenizer import CLIPTokenizer
 from t2i.io.clip_text import load_transformers_clip, save_transformers_clip
 from t2i.io.diffusers_unet import load_diffusers_unet, save_diffusers_unet
 from t2i.io.diffusers_vae import load_diffusers_vae, save_diffusers_vae
+from t2i.nn.autoencoder import AutoencoderKL
+from t2i.nn.transformer import TextTransformer
+from t2i.nn.unet import UNet
 from t2i.systems.base import SamplingConfig, ScheduleConfig, TokenizedTextEncoder, save_clip_tokenizer
 from t2i.systems.ldm import LDM, LDMConfig, TextConfig
 
@@ -118,34 +120,6 @@ def scheduler_from_sampling(schedule: ScheduleConfig, prediction: str, s: Sampli
     return d
 
 
-# --- tokenizer ------------------------------------------------------------------------------------
-
-
-def read_clip_tokenizer(folder: str | os.PathLike) -> CLIPTokenizer:
-    """A CLIP tokenizer folder: vocab.json + merges.txt, or the tokenizer.json of transformers >= 5."""
-    folder = Path(folder)
-    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        return CLIPTokenizer.from_folder(folder)
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer folder {folder} has neither vocab.json + merges.txt nor tokenizer.json")
-    model = json.loads(path.read_text(encoding="utf-8")).get("model", {})
-    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
-        raise ValueError(f"{path}: not a CLIP byte-level BPE tokenizer")
-    merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    options: dict[str, Any] = {}
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
-        tok = config.get(key)
-        tok = tok.get("content") if isinstance(tok, dict) else tok
-        if isinstance(tok, str):
-            options[key] = tok
-    if isinstance(config.get("model_max_length"), int) and config["model_max_length"] < 10**6:
-        options["max_length"] = config["model_max_length"]
-    return CLIPTokenizer(model["vocab"], merges, **options)
-
-
 # --- whole pipelines ------------------------------------------------------------------------------
 
 
@@ -159,23 +133,27 @@ def load_diffusers_pipeline(folder: str | os.PathLike, name: str | None = None) 
     missing = [p for p in PARTS if not (folder / p).is_dir()]
     if missing:
         raise ValueError(f"{folder}: the diffusers folder lacks {', '.join(missing)}/")
-    unet = load_diffusers_unet(folder / "unet")
-    vae = load_diffusers_vae(folder / "vae")
-    text = load_transformers_clip(folder / "text_encoder")
-    text_cfg = json.loads((folder / "text_encoder" / "config.json").read_text())
-    tokenizer = read_clip_tokenizer(folder / "tokenizer")
-    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return assemble_sd(load_diffusers_unet(folder / "unet"), load_diffusers_vae(folder / "vae"),
+                       load_transformers_clip(folder / "text_encoder"), CLIPTokenizer.from_folder(folder / "tokenizer"),
+                       json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
+                       json.loads((folder / "text_encoder" / "config.json").read_text()),
+                       json.loads((folder / "unet" / "config.json").read_text()), name or folder.name)
+
+
+def assemble_sd(unet: UNet, vae: AutoencoderKL, text: TextTransformer, tokenizer: CLIPTokenizer,
+                scheduler: dict[str, Any], text_config: dict[str, Any], unet_config: dict[str, Any],
+                name: str) -> LDM:
+    """Stable Diffusion's parts as one LDM: CLIP tokens attended in full (no padding mask), sampler
+    settings from the diffusers scheduler config, default size from the UNet config's sample_size."""
     schedule, prediction, sampling = sampling_from_scheduler(scheduler)
-    unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
     config = LDMConfig(
         unet=unet.config, autoencoder=vae.config,
         text=TextConfig(kind="clip", encoder=text.config.to_dict(), context_mask=False,
-                        attention_mask=bool(text_cfg.get("use_attention_mask", False))),
+                        attention_mask=bool(text_config.get("use_attention_mask", False))),
         schedule=schedule, prediction=prediction, sampling=sampling,
-        sample_size=int(unet_cfg.get("sample_size", 64)) * vae.config.downscale,
+        sample_size=int(unet_config.get("sample_size", 64)) * vae.config.downscale,
     )
-    encoder = TokenizedTextEncoder(tokenizer, text, config.text.attention_mask)
-    return LDM(config, unet, vae, encoder, name or folder.name).eval()
+    return LDM(config, unet, vae, TokenizedTextEncoder(tokenizer, text, config.text.attention_mask), name).eval()
 
 
 def save_diffusers_pipeline(system: LDM, folder: str | os.PathLike) -> Path:

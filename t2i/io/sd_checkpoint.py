@@ -16,13 +16,13 @@ from pathlib import Path
 
 from torch import nn
 
-from t2i.io.diffusers_pipeline import read_clip_tokenizer, sampling_from_scheduler
+from t2i.encoders.clip_tokenizer import CLIPTokenizer
+from t2i.io.diffusers_pipeline import assemble_sd
 from t2i.io.sd_single_file import load_sd_single_file
 from t2i.io.weights import check_safetensors_file, load_into
 from t2i.nn.autoencoder import AutoencoderKL
 from t2i.nn.unet import UNet
-from t2i.systems.base import TokenizedTextEncoder
-from t2i.systems.ldm import LDM, LDMConfig, TextConfig
+from t2i.systems.ldm import LDM
 
 # What SD's own inference configs (v1-inference.yaml) and diffusers' single-file loader assume when
 # no scheduler config is given: scaled-linear betas, eps prediction, DDIM with steps_offset 1.
@@ -73,17 +73,8 @@ def load_sd_checkpoint(path: str | os.PathLike, config_dir: str | os.PathLike | 
     if vcfg != vae.config:
         vae = _rebuilt(AutoencoderKL(vcfg), vae)
     scheduler = _json(folder / "scheduler" / "scheduler_config.json") or DEFAULT_SCHEDULER
-    schedule, prediction, sampling = sampling_from_scheduler(scheduler)
-    text = weights.text_encoder
-    config = LDMConfig(
-        unet=unet.config, autoencoder=vae.config,
-        text=TextConfig(kind="clip", encoder=text.config.to_dict(), context_mask=False,
-                        attention_mask=bool(text_cfg.get("use_attention_mask", False))),
-        schedule=schedule, prediction=prediction, sampling=sampling,
-        sample_size=int(unet_cfg.get("sample_size", 64)) * vae.config.downscale,
-    )
-    encoder = TokenizedTextEncoder(read_clip_tokenizer(folder / "tokenizer"), text, config.text.attention_mask)
-    return LDM(config, unet, vae, encoder, name or path.stem).eval()
+    return assemble_sd(unet, vae, weights.text_encoder, CLIPTokenizer.from_folder(folder / "tokenizer"), scheduler,
+                       text_cfg, unet_cfg, name or path.stem)
 
 
 def _rebuilt(fresh: nn.Module, loaded: nn.Module) -> nn.Module:
