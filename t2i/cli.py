@@ -86,7 +86,8 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--sampler", default=None, help="ddim, ddpm, euler, euler_a, heun, dpmpp_2m (default: the model's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale; <= 1 runs without guidance (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale; <= 1 runs without guidance (default: the model's)")
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
