@@ -29,7 +29,8 @@ def load(name_or_path: str | os.PathLike, *, device: str = "cpu", config_dir: st
         folder = shipped_weights(text)
         if not (folder / "system.json").is_file():
             raise ValueError(f"no shipped weights are installed yet for the '{text}' system ({folder} is missing); "
-                             "train them with `t2i train`, or pass --model PATH (a t2i, diffusers or single-file model)")
+                             "train them with `t2i train`, or pass --model PATH (a t2i, diffusers or single-file "
+                             "model)")
         return _load_path(folder, config_dir).to(device)
     if not path.exists():
         raise ValueError(f"unknown system or path '{text}': systems are {', '.join(sorted(SYSTEMS))}; "
@@ -137,7 +138,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
         raise ValueError(f"{dst}: a single-file checkpoint is written as a '.safetensors' file")
     if system.config.text.kind != "clip":
         raise ValueError("only CLIP-text systems have an original single-file layout")
-    weights = StableDiffusionWeights(unet=system.unet, vae=system.autoencoder, text_encoder=system.text_encoder.transformer)
+    weights = StableDiffusionWeights(unet=system.unet, vae=system.autoencoder,
+                                     text_encoder=system.text_encoder.transformer)
     return save_sd_single_file(weights, dst)
 
 

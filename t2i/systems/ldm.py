@@ -212,7 +212,7 @@ class LDM(nn.Module):
         shape = (len(batch), cfg.autoencoder.latent_channels, height // f, width // f)
 
         pixels = image_to_tensor(image, (width, height)).to(device, dtype) if image is not None else None
-        keep = mask_to_tensor(mask.resize((width, height), Image.NEAREST)).to(device, dtype) if mask is not None else None
+        keep = None if mask is None else mask_to_tensor(mask.resize((width, height), Image.NEAREST)).to(device, dtype)
         image_latents = None
         if pixels is not None and (keep is None or not cfg.inpainting or strength < 1):
             image_latents = self.encode_image(pixels, generator).expand(shape)  # one draw, shared by the batch
@@ -275,7 +275,8 @@ class LDM(nn.Module):
             if bar is not None:
                 bar.close()
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        meta = {"negative_prompt": negative_prompt, "seed": str(seed), "sampler": sampler or self.config.sampling.sampler,
+        meta = {"negative_prompt": negative_prompt, "seed": str(seed),
+                "sampler": sampler or self.config.sampling.sampler,
                 "steps": str(steps), "model": self.name,
                 "guidance": str(self.config.sampling.guidance if guidance is None else guidance)}
         if image is not None:
