@@ -21,7 +21,6 @@ from t2i.io.diffusers_pipeline import assemble_sd
 from t2i.io.sd_single_file import load_sd_single_file
 from t2i.io.weights import check_safetensors_file, load_into
 from t2i.nn.autoencoder import AutoencoderKL
-from t2i.nn.unet import UNet
 from t2i.systems.ldm import LDM
 
 # What SD's own inference configs (v1-inference.yaml) and diffusers' single-file loader assume when
@@ -56,20 +55,17 @@ def load_sd_checkpoint(path: str | os.PathLike, config_dir: str | os.PathLike | 
     text_cfg = _json(folder / "text_encoder" / "config.json")
     heads = unet_cfg.get("num_attention_heads") or unet_cfg.get("attention_head_dim")  # diffusers' naming quirk
     heads = tuple(heads) if isinstance(heads, list) else heads
-    weights = load_sd_single_file(path, num_heads=heads,
+    weights = load_sd_single_file(path, num_heads=heads, norm_groups=unet_cfg.get("norm_num_groups", 32),
                                   text_heads=text_cfg.get("num_attention_heads"))
     if weights.vae is None or weights.text_encoder is None:
         lacks = [n for n, part in (("first_stage_model (VAE)", weights.vae),
                                    ("cond_stage_model (text encoder)", weights.text_encoder)) if part is None]
         raise ValueError(f"{path}: the checkpoint lacks {' and '.join(lacks)}: not a whole Stable Diffusion model")
     unet, vae = weights.unet, weights.vae
-    # GroupNorm groups and the latent scale are not in the tensors: take them from the config folder
-    ucfg = replace(unet.config, norm_groups=unet_cfg.get("norm_num_groups", unet.config.norm_groups))
+    # the VAE's GroupNorm groups and latent scale are not in the tensors: take them from the config folder
     vae_cfg = _json(folder / "vae" / "config.json")
     vcfg = replace(vae.config, norm_groups=vae_cfg.get("norm_num_groups", vae.config.norm_groups),
                    scaling_factor=vae_cfg.get("scaling_factor", vae.config.scaling_factor))
-    if ucfg != unet.config:
-        unet = _rebuilt(UNet(ucfg), unet)
     if vcfg != vae.config:
         vae = _rebuilt(AutoencoderKL(vcfg), vae)
     scheduler = _json(folder / "scheduler" / "scheduler_config.json") or DEFAULT_SCHEDULER
