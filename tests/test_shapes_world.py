@@ -204,6 +204,101 @@ def test_fixed_split_and_infinite_stream():
 def test_dataloader_workers_compatible():
     from torch.utils.data import DataLoader
 
-    ds = ShapesWorld(size=16, seed=0, length=8)
-    images, captions, metas = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate)))
-    assert images.shape == (4, 3, 16, 16) and captions[1] == ds[1][1]
+    # worker processes rebuild nothing: a sample depends only on (seed, index), so batches drawn in two
+    # workers equal the in-process ones, including the last, partial batch
+    ds = ShapesWorld(size=16, seed=0, length=7)
+    loader = DataLoader(ds, batch_size=3, collate_fn=collate, num_workers=2)
+    batches = list(loader)
+    expected = [collate([ds[i] for i in range(lo, min(lo + 3, len(ds)))]) for lo in range(0, len(ds), 3)]
+    assert [len(b[1]) for b in batches] == [3, 3, 1]
+    for (images, captions, metas), (images_in, captions_in, metas_in) in zip(batches, expected, strict=True):
+        assert images.shape[1:] == (3, 16, 16) and torch.equal(images, images_in)
+        assert captions == captions_in and metas == metas_in
+    assert len({c for _, caps, _ in batches for c in caps}) > 1  # not one sample repeated
+
+
+def _assert_same_json(actual, expected, where="meta"):
+    """Equal structure and strings, floats equal to 1e-12 (a different libm may move the last bit)."""
+    if isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=0, abs=1e-12), where
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for k in expected:
+            _assert_same_json(actual[k], expected[k], f"{where}.{k}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            _assert_same_json(a, e, f"{where}[{i}]")
+    else:
+        assert type(actual) is type(expected) and actual == expected, where
+
+
+# Golden values of ShapesWorld(size=64, seed=0), computed once from the implementation of
+# ../shared/SHAPESWORLD.md at commit f5e7b3a. They pin the contract: a change to scene sampling, captions,
+# the renderer or the RNG derivation shows up here. Do NOT update them to make this test pass: changing
+# them means changing the contract in ../shared/SHAPESWORLD.md, which goes through an issue (trained
+# models, ShapesEval suites and reference statistics all depend on these samples).
+GOLDEN_SHAPESWORLD = {
+    0: {
+        "pixels_sha256": "459e86d94ed5e429b2cc05b742a04ff51d7a79c12021e410e76529891f4b14d8",
+        "caption": "a small yellow circle and two large red squares on a black background",
+        "meta": {
+            "index": 0, "seed": 0, "size": 64,
+            "caption": "a small yellow circle and two large red squares on a black background",
+            "captions": ["a yellow circle and two red squares on a black background",
+                         "a small yellow circle and two large red squares on a black background"],
+            "scene": {"background": "black", "objects": [
+                {"shape": "circle", "color": "yellow", "size": "small", "r": 0.08033055271057057,
+                 "center": [0.7504090867068005, 0.8299315868724328], "position": "bottom right",
+                 "bbox": [0.67007853399623, 0.7496010341618623, 0.8307396394173711, 0.9102621395830034]},
+                {"shape": "square", "color": "red", "size": "large", "r": 0.18087249982930845,
+                 "center": [0.20251082124953526, 0.7138188956119081], "position": "bottom left",
+                 "bbox": [0.0746146500900686, 0.5859227244524414, 0.33040699240900195, 0.8417150667713749]},
+                {"shape": "square", "color": "red", "size": "large", "r": 0.17351311241205117,
+                 "center": [0.7226191550971242, 0.5254146406994851], "position": "right",
+                 "bbox": [0.599926856685779, 0.40272234228813997, 0.8453114535084693, 0.6481069391108302]},
+            ]},
+        },
+    },
+    1: {
+        "pixels_sha256": "e16958e4649965f4b4ef849dbbd00b0c72f0416eda18127663125d95e8021c11",
+        "caption": "two blue stars, a pink triangle and a red cross on a gray background",
+        "meta": {
+            "index": 1, "seed": 0, "size": 64,
+            "caption": "two blue stars, a pink triangle and a red cross on a gray background",
+            "captions": ["two blue stars, a pink triangle and a red cross on a gray background",
+                         "two small blue stars, a small pink triangle and a large red cross on a gray background"],
+            "scene": {"background": "gray", "objects": [
+                {"shape": "star", "color": "blue", "size": "small", "r": 0.09913027634950677,
+                 "center": [0.1637797560451348, 0.2992060113285784], "position": "top left",
+                 "bbox": [0.06950126076079705, 0.2000757349790716, 0.2580582513294726, 0.3794040895524143]},
+                {"shape": "triangle", "color": "pink", "size": "small", "r": 0.094514461467223,
+                 "center": [0.5915656607493562, 0.1176381075986876], "position": "top",
+                 "bbox": [0.5097137360937357, 0.0231236461314646, 0.6734175854049768, 0.1648953383322991]},
+                {"shape": "star", "color": "blue", "size": "small", "r": 0.09523404560156883,
+                 "center": [0.8530394303220349, 0.2133941711092205], "position": "top right",
+                 "bbox": [0.762466470679513, 0.11816012550765166, 0.9436123899645568, 0.2904401324439684]},
+                {"shape": "cross", "color": "red", "size": "large", "r": 0.17066857749307474,
+                 "center": [0.6251136958542727, 0.45912374000029343], "position": "center",
+                 "bbox": [0.5044327873734578, 0.3384428315194785, 0.7457946043350876, 0.5798046484811084]},
+            ]},
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("index", sorted(GOLDEN_SHAPESWORLD))
+def test_golden_samples_pin_the_contract(index):
+    import hashlib
+
+    from t2i.data.transforms import to_pil
+
+    golden = GOLDEN_SHAPESWORLD[index]
+    ds = ShapesWorld(size=64, seed=0)
+    x, caption, meta = ds[index]
+    pixels = np.asarray(render(ds.scene(index), 64))  # (64, 64, 3) uint8
+    assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+    assert hashlib.sha256(pixels.tobytes()).hexdigest() == golden["pixels_sha256"]
+    assert np.array_equal(np.asarray(to_pil(x)), pixels)  # the dataset's tensor is exactly those pixels
+    assert caption == golden["caption"]
+    _assert_same_json(meta, golden["meta"])
