@@ -54,3 +54,33 @@ def test_fd_is_small_between_real_sets_and_large_for_corrupted_ones():
     same = fd(real, other)
     assert same < 0.25 * fd(real, blurred)
     assert same < 0.05 * fd(real, noise)
+
+
+# features-v1 is frozen: FD scores are only comparable across releases while these hold. Computed once
+# from the shipped file (added in commit fc40d30). A new feature network is a new version
+# (features-v2, a new file and a new FEATURES_VERSION), never a silent replacement of this one.
+FEATURES_V1_SHA256 = "a97ba978acf3083009337214a469e0864e1c67ab57a5bafc8dd4850bc1c46cba"
+# features of the 64 px render of ShapesWorld(size=64, seed=0) sample 0, at these feature indices
+GOLDEN_FEATURE_INDICES = [0, 1, 17, 63, 64, 100, 127]
+GOLDEN_FEATURES = [0.10525604, 0.45565292, 0.78092295, -0.06341062, 1.10110092, 2.98744082, 1.56199908]
+GOLDEN_FEATURE_SUM = 177.0339279
+
+
+def test_shipped_weights_are_the_frozen_features_v1():
+    import hashlib
+
+    assert WEIGHTS.name == f"{FEATURES_VERSION}.safetensors" and FEATURES_VERSION == "features-v1"
+    assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() == FEATURES_V1_SHA256
+
+
+def test_features_of_a_fixed_render_are_pinned():
+    from t2i.data.render import render
+    from t2i.data.shapes import ShapesWorld
+
+    ds = ShapesWorld(size=64, seed=0)
+    f = image_features([render(ds.scene(0), 64)])
+    assert f.shape == (1, 128) and f.dtype == np.float64
+    np.testing.assert_allclose(f[0, GOLDEN_FEATURE_INDICES], GOLDEN_FEATURES, rtol=0, atol=1e-4)
+    assert f[0].sum() == pytest.approx(GOLDEN_FEATURE_SUM, abs=1e-3)  # all 128, not only the sampled ones
+    # the tensor path (the dataset's [-1, 1] image) gives the same features as the PIL path
+    np.testing.assert_allclose(image_features(ds[0][0][None]), f, rtol=0, atol=1e-6)
