@@ -171,7 +171,7 @@ def system_from_training_run(run: str | os.PathLike, first_stage: str | os.PathL
     ae_path = Path(first_stage) if first_stage is not None else Path(o["first_stage"])
     if first_stage is None and not ae_path.exists():
         ae_path = run.parent / ae_path.name
-    autoencoder = load_first_stage(ae_path, "cpu")
+    autoencoder = load_first_stage(ae_path, "cpu", float(o.get("latent_scale", 0.0)))
     beta_start, beta_end = _DEFAULT_BETAS[o["schedule"]]
     from t2i.nn.unet import UNetConfig
 

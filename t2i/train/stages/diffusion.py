@@ -40,6 +40,7 @@ class DiffusionOptions(TableConfig):
     pooled: bool = False  # also pass the pooled text vector to the network as `pooled`
     p_uncond: float = 0.1  # caption dropout for classifier-free guidance
     first_stage: str = ""  # an autoencoder run folder or checkpoint: train on its latents ("" = pixels)
+    latent_scale: float = 0.0  # replaces the first stage's scaling_factor (1 / latent std); 0: keep it
     sampler: str = "dpmpp_2m"
     sample_steps: int = 20
     guidance: float = 3.0
@@ -63,6 +64,8 @@ class DiffusionOptions(TableConfig):
             raise bad("p_uncond", self.p_uncond, "must be in [0, 1]")
         if self.gamma <= 0:
             raise bad("gamma", self.gamma, "must be > 0")
+        if self.latent_scale < 0:
+            raise bad("latent_scale", self.latent_scale, "must be > 0 (or 0: the autoencoder's own scaling_factor)")
 
 
 # --- text encoders ---------------------------------------------------------------------------------
@@ -104,8 +107,9 @@ def no_encoder(text: dict[str, Any], tokenizer_json: str | None = None) -> None:
 # --- the frozen first stage ------------------------------------------------------------------------
 
 
-def load_first_stage(path: str | Path, device: torch.device) -> nn.Module:
-    """The EMA autoencoder of an autoencoder run (its newest good checkpoint) or checkpoint folder, frozen."""
+def load_first_stage(path: str | Path, device: torch.device | str, latent_scale: float = 0.0) -> nn.Module:
+    """The EMA autoencoder of an autoencoder run (its newest good checkpoint) or checkpoint folder, frozen;
+    a latent_scale > 0 replaces its scaling_factor (LDM sec. 4.3.2: latents scaled to unit variance)."""
     from t2i.io.weights import load_into
     from t2i.train.checkpoint import latest_checkpoint, read_checkpoint
     from t2i.train.stages.autoencoder import build_autoencoder
@@ -120,7 +124,10 @@ def load_first_stage(path: str | Path, device: torch.device) -> nn.Module:
     if ckpt.config.get("stage") != "autoencoder":
         raise RecipeError(f"[diffusion] first_stage = '{path}': {ckpt_path} is a '{ckpt.config.get('stage')}' "
                           "checkpoint, not an autoencoder")
-    ae = build_autoencoder(ckpt.config["autoencoder"]["net"])
+    net = dict(ckpt.config["autoencoder"]["net"])
+    if latent_scale > 0:
+        net["scaling_factor"] = latent_scale
+    ae = build_autoencoder(net)
     prefix = "autoencoder."
     load_into(ae, {k[len(prefix):]: v for k, v in ckpt.ema.items() if k.startswith(prefix)}, where=str(ckpt_path))
     return ae.to(device).eval().requires_grad_(False)
@@ -161,7 +168,7 @@ class DiffusionStage:
         tokenizer_json = saved.read_text() if saved is not None and saved.is_file() else None
         examples, captions = first_examples(dataset, o.num_samples)
         prompts = list(o.sample_prompts) or captions
-        first = load_first_stage(o.first_stage, device) if o.first_stage else None
+        first = load_first_stage(o.first_stage, device, o.latent_scale) if o.first_stage else None
         return cls(o, examples, prompts, device, first, tokenizer_json)
 
     def _probe(self) -> None:
