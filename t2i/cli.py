@@ -7,16 +7,31 @@ import os
 import sys
 
 
+DEMO_PROMPT = "a red circle to the left of a blue square"
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the main job of `make demo`")
+    p = sub.add_parser("demo", help="the main job of `make demo`: generate with the shipped LDM weights",
+                       description=f't2i generate "{DEMO_PROMPT}" -n 4 with the shipped ShapesWorld LDM; '
+                                   "--toy runs the diffusion core on a toy problem instead.")
+    p.add_argument("--out", default="out/demo.png", metavar="FILE", help="PNG path (FILE-i.png + FILE-grid.png)")
+    p.add_argument("--toy", action="store_true", help="exact samplers on Gaussian data + a tiny trained MLP")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from t2i.diffusion.toy import run_toy_demo
+    from t2i.api import shipped_weights
 
-    run_toy_demo()
-    return 0
+    if args.toy or not (shipped_weights("ldm") / "system.json").is_file():
+        from t2i.diffusion.toy import run_toy_demo
+
+        if not args.toy:
+            print("no shipped LDM weights are installed: running the diffusion core on a toy problem instead")
+        run_toy_demo()
+        return 0
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    print(f't2i generate "{DEMO_PROMPT}" --system ldm -n 4 --seed 0 --out {args.out}')
+    return main(["generate", DEMO_PROMPT, "--system", "ldm", "-n", "4", "--seed", "0", "--out", args.out])
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +41,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     src = s.add_mutually_exclusive_group()
     src.add_argument("--real", action="store_true", help="score ground-truth renders (the ceiling)")
     src.add_argument("--images", metavar="DIR", help="score a folder of {prompt_index:04d}_{k}.png files")
-    s.add_argument("--n-per-prompt", type=int, default=4, metavar="N", help="images per prompt (--real)")
+    src.add_argument("--model", metavar="NAME|PATH", help="generate and score: a named system (ldm) or a model path")
+    s.add_argument("--n-per-prompt", type=int, default=4, metavar="N", help="images per prompt (--real, --model)")
+    s.add_argument("--steps", type=int, default=None, help="--model: sampler steps (default: the model's)")
+    s.add_argument("--sampler", default=None, help="--model: sampler (default: the model's)")
+    s.add_argument("--guidance", type=float, default=None, help="--model: guidance scale (default: the model's)")
+    s.add_argument("--device", default="cpu", help="--model: torch device")
     s.add_argument("--size", type=int, default=64, help="render size for --real (scoring is at 64 px)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", metavar="FILE", help="write the result as JSON")
@@ -35,11 +55,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval_shapes(args: argparse.Namespace) -> int:
-    from t2i.eval.run import run_eval_shapes
+    from t2i.diffusion import SAMPLERS
+    from t2i.eval.run import ModelSettings, run_eval_shapes
 
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler '{args.sampler}'; choose from {', '.join(sorted(SAMPLERS))}")
+    settings = ModelSettings(steps=args.steps, sampler=args.sampler, guidance=args.guidance, device=args.device)
     try:
-        run_eval_shapes(args.real, args.images, args.n_per_prompt, args.size, args.json, args.seed, args.prompts)
-    except ValueError as e:
+        run_eval_shapes(real=args.real, images=args.images, model=args.model, settings=settings,
+                        n_per_prompt=args.n_per_prompt, size=args.size, json_path=args.json, seed=args.seed,
+                        prompts_path=args.prompts)
+    except (ValueError, OSError) as e:
         raise UsageError(str(e)) from e
     return 0
 

@@ -1,6 +1,7 @@
 """`t2i generate / img2img / inpaint / convert` on tiny t2i systems: files, PNG metadata, grids,
 determinism, and a one-line error with exit status 2 for each bad input the issue lists."""
 
+import json
 import os
 import subprocess
 import sys
@@ -181,3 +182,20 @@ def test_training_run_becomes_a_system(tmp_path, capsys):
     run_system, shipped = t2i.load(ldm), t2i.load(tmp_path / "shipped")
     assert shipped.config == run_system.config and shipped.config.text.kind == "word"
     assert torch.equal(run_system.sample("a red circle", steps=3), shipped.sample("a red circle", steps=3))
+
+
+def test_eval_shapes_model_generates_every_prompt_and_scores(model, tmp_path, capsys):
+    from t2i.eval.suite import CATEGORIES, build_suite
+
+    out = tmp_path / "m.json"
+    argv = ["eval", "shapes", "--model", model, "--n-per-prompt", "1", "--steps", "1", "--sampler", "euler",
+            "--guidance", "2", "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["categories"]) == set(CATEGORIES) and result["images"] == len(build_suite())
+    assert result["model"] == {"name": model, "steps": 1, "sampler": "euler", "guidance": 2.0, "n_per_prompt": 1,
+                               "seed": 0}
+    assert "| **overall** |" in capsys.readouterr().out
+    assert "unknown sampler" in _error(capsys, ["eval", "shapes", "--model", model, "--sampler", "nope"])
+    assert "--steps" in _error(capsys, ["eval", "shapes", "--model", model, "--steps", "0"])
+    assert "exactly one of" in _error(capsys, ["eval", "shapes", "--n-per-prompt", "1"])

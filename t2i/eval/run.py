@@ -1,29 +1,61 @@
-"""What `t2i eval shapes` does: pick the images (ground truth or a folder), score, print, save JSON."""
+"""What `t2i eval shapes` does: pick the images (ground truth, a folder or a model), score, print, save JSON."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from t2i.eval.shapeseval import evaluate_dir, ground_truth_images, markdown_table, score, write_suite
+from t2i.eval.shapeseval import evaluate, evaluate_dir, ground_truth_images, markdown_table, score, write_suite
 
 
-def run_eval_shapes(real: bool, images: str | None, n_per_prompt: int = 4, size: int = 64,
+@dataclass(frozen=True)
+class ModelSettings:
+    """How a model is sampled for ShapesEval (None: the model's own default)."""
+
+    steps: int | None = None
+    sampler: str | None = None
+    guidance: float | None = None
+    device: str = "cpu"
+
+
+def model_generator(model: str, settings: ModelSettings):
+    """generate_fn(prompts, seed) -> PIL images for ShapesEval, from a named system or a model path."""
+    from t2i.api import load
+
+    system = load(model, device=settings.device)
+
+    def generate_fn(prompts: list[str], seed: int):
+        return system.generate(prompts, seed=seed, steps=settings.steps, sampler=settings.sampler,
+                               guidance=settings.guidance)
+
+    return generate_fn
+
+
+def run_eval_shapes(*, real: bool = False, images: str | None = None, model: str | None = None,
+                    settings: ModelSettings = ModelSettings(), n_per_prompt: int = 4, size: int = 64,
                     json_path: str | None = None, seed: int = 0, prompts_path: str | None = None) -> dict | None:
-    """Score ground-truth renders at `size` px (real) or a folder of images, at 64 px; write JSON when asked."""
+    """Score ground-truth renders at `size` px (real), a folder of images or a model's samples, at 64 px;
+    write JSON when asked."""
     if prompts_path:
         write_suite(prompts_path)
         print(f"wrote the suite's prompts to {prompts_path}")
-        if not real and images is None:
+        if not real and images is None and model is None:
             return None
-    if real == (images is not None):
-        raise ValueError("give exactly one of --real or --images DIR (or --prompts FILE)")
+    if real + (images is not None) + (model is not None) != 1:
+        raise ValueError("give exactly one of --real, --images DIR or --model NAME|PATH (or --prompts FILE)")
     if n_per_prompt < 1:
         raise ValueError(f"--n-per-prompt must be at least 1, got {n_per_prompt}")
     if size < 16:
         raise ValueError(f"--size must be at least 16, got {size}")
+    if settings.steps is not None and settings.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {settings.steps}")
     if real:
         result = score(ground_truth_images(n_per_prompt, size, seed))  # rendered at size, scored at 64 px
+    elif model is not None:
+        result = evaluate(model_generator(model, settings), n_per_prompt=n_per_prompt, seed=seed)
+        result["model"] = {"name": model, "steps": settings.steps, "sampler": settings.sampler,
+                           "guidance": settings.guidance, "n_per_prompt": n_per_prompt, "seed": seed}
     else:
         result = evaluate_dir(images)
     print(markdown_table(result))
