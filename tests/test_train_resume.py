@@ -13,19 +13,29 @@ from t2i.train import NETWORKS, Trainer, TrainingError, load_recipe, read_checkp
 from t2i.train.checkpoint import list_checkpoints
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: one thread is faster and keeps float results identical between runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# 2 shared cores: one thread is faster and keeps float results identical between runs (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Gradient accumulation, dropout (global RNG), caption dropout and an epoch boundary are all exercised.
 RESUME = ["train.steps=6", "train.batch_size=4", "train.grad_accum=2", "train.checkpoint_every=3",
           "train.log_every=1", "train.ema_decay=0.9", "train.warmup_steps=2", "data.length=20",
           "diffusion.p_uncond=0.5", "diffusion.net.dropout=0.2", "diffusion.num_samples=2", "diffusion.sample_steps=2"]
+
+
+def _assert_same_training_state(a, b) -> None:
+    """Two checkpoints hold bit-identical weights, EMA weights and optimizer state."""
+    assert a.step == b.step
+    assert a.model.keys() == b.model.keys() and len(a.model) > 10
+    for k in a.model:
+        assert a.model[k].dtype == torch.float32, k
+        assert torch.equal(a.model[k], b.model[k]), k
+        assert torch.equal(a.ema[k], b.ema[k]), k
+    assert a.optimizer["state"].keys() == b.optimizer["state"].keys()
+    for i, st in a.optimizer["state"].items():
+        for name, v in st.items():
+            assert torch.equal(v, b.optimizer["state"][i][name]), (i, name)
+    assert a.state["data"] == b.state["data"]
 
 
 def test_resume_is_exact(tmp_path):
@@ -38,17 +48,65 @@ def test_resume_is_exact(tmp_path):
     assert second.step == 6 and any("resumed from" in m and "step 3" in m for m in messages)
 
     a, b = read_checkpoint(whole.checkpoint), read_checkpoint(second.checkpoint)
-    assert a.model.keys() == b.model.keys() and len(a.model) > 10
-    for k in a.model:
-        assert torch.equal(a.model[k], b.model[k]), k
-        assert torch.equal(a.ema[k], b.ema[k]), k
-    for i, st in a.optimizer["state"].items():
-        for name, v in st.items():
-            assert torch.equal(v, b.optimizer["state"][i][name]), (i, name)
-    assert a.state["data"] == b.state["data"] == {"epoch": 1, "cursor": 4}  # 12 micro-batches of 2 over 20 samples
+    _assert_same_training_state(a, b)
+    assert a.state["data"] == {"epoch": 1, "cursor": 4}  # 12 micro-batches of 2 over 20 samples
     losses = lambda run: [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").open()]
     assert losses("whole") == losses("split")
     assert (tmp_path / "split" / "checkpoints" / "step_00000006" / "tokenizer.json").is_file()
+
+
+# The kill test's run: the RESUME features (accumulation, dropout, caption dropout, epoch boundary) over
+# 12 steps with a checkpoint every 2, on the CPU in float32.
+KILL_STEPS, KILL_AT = 12, 4
+KILLED = RESUME + [f"train.steps={KILL_STEPS}", "train.checkpoint_every=2", "train.device='cpu'", "train.bf16=false"]
+
+
+def test_resume_after_kill_9_is_exact(tmp_path):
+    """A training process killed with SIGKILL (no handler runs: an OOM kill, a pre-empted node) and then
+    resumed with --resume ends with the weights of a run that was never interrupted, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    whole = Trainer(load_recipe("tiny_pixel", KILLED), tmp_path / "whole", progress=False, log=lambda m: None).run()
+    assert whole.step == KILL_STEPS
+
+    out = tmp_path / "killed"
+    sets = [a for s in KILLED for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "t2i.cli", "train", "tiny_pixel", "--out", str(out), "--no-progress", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    target = out / "checkpoints" / f"step_{KILL_AT:08d}"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not target.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert target.is_dir(), f"no {target.name} within 120 s; exit code {proc.poll()}"
+        proc.send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, stderr[-2000:]  # killed mid-run, not finished
+    assert not (out / "checkpoints" / f"step_{KILL_STEPS:08d}").exists()
+
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    found = [line for line in resumed.stdout.splitlines() if "resumed from" in line]
+    assert len(found) == 1, resumed.stdout[-2000:]
+    resumed_at = int(found[0].rsplit("(step ", 1)[1].rstrip(")"))
+    assert KILL_AT <= resumed_at < KILL_STEPS and resumed_at % 2 == 0
+
+    final = read_checkpoint(out / "checkpoints" / f"step_{KILL_STEPS:08d}")
+    _assert_same_training_state(read_checkpoint(whole.checkpoint), final)
+    # every step's logged loss, taking the resumed run's record where a step ran twice, is the same
+    def losses(run):
+        return {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").open())}
+
+    assert losses("whole") == losses("killed") and len(losses("whole")) == KILL_STEPS
 
 
 def test_max_minutes_stops_cleanly_with_a_checkpoint(tmp_path):
