@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from PIL import Image
@@ -11,12 +13,7 @@ from t2i.train import RecipeError, Trainer, load_recipe, read_checkpoint
 SMALL = ["train.steps=3", "train.batch_size=2", "train.checkpoint_every=3", "train.log_every=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_autoencoder_then_latent_diffusion(tmp_path):
@@ -50,9 +47,29 @@ def test_a_network_that_does_not_fit_the_data_is_named(tmp_path):
         Trainer(recipe, tmp_path, progress=False, log=lambda m: None).run()
 
 
-def test_bf16_autocast_trains_on_cpu(tmp_path):
-    recipe = load_recipe("tiny_pixel", SMALL + ["train.bf16=true", "diffusion.num_samples=2", "diffusion.sample_steps=2"])
-    result = Trainer(recipe, tmp_path, progress=False, log=lambda m: None).run()
+@pytest.mark.parametrize("bf16", [True, False])
+def test_bf16_autocast_trains_on_cpu(tmp_path, bf16):
+    recipe = load_recipe("tiny_pixel", SMALL + [f"train.bf16={str(bf16).lower()}", "train.device='cpu'",
+                                                "diffusion.num_samples=2", "diffusion.sample_steps=2"])
+    trainer = Trainer(recipe, tmp_path, progress=False, log=lambda m: None)
+    seen: dict[str, list[torch.dtype]] = {}
+    setup = trainer.setup
+
+    def setup_and_hook():  # the model exists only after setup: hook a conv and a linear layer inside it
+        setup()
+        convs = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        linears = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear)]
+        for name, module in (("conv", convs[len(convs) // 2]), ("linear", linears[len(linears) // 2])):
+            def record(mod, inputs, output, name=name):
+                if mod.training and torch.is_grad_enabled():  # training forward passes only, not sampling
+                    seen.setdefault(name, []).append(output.dtype)
+            module.register_forward_hook(record)
+
+    trainer.setup = setup_and_hook
+    result = trainer.run()
+    expected = torch.bfloat16 if bf16 else torch.float32
+    assert set(seen) == {"conv", "linear"} and len(seen["conv"]) >= 3  # one or more calls per step
+    assert set(seen["conv"]) == set(seen["linear"]) == {expected}
     weights = read_checkpoint(result.checkpoint).model
     assert all(v.dtype == torch.float32 for v in weights.values())  # weights stay float32 under autocast
-    assert result.loss == result.loss  # finite, not NaN
+    assert math.isfinite(result.loss)
