@@ -114,20 +114,30 @@ def generate_files(system, prompt: str, out: str | os.PathLike, *, negative_prom
 CONVERT_FORMATS = ("t2i", "diffusers", "single-file")
 
 
+CONVERT_DTYPES = ("float32", "float16", "bfloat16")
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None,
-            config_dir: str | os.PathLike | None = None) -> Path:
+            config_dir: str | os.PathLike | None = None, dtype: str = "float32") -> Path:
     """Read a model in any format t2i reads and write it as a t2i folder, a diffusers folder or one
-    original-layout .safetensors file (default: diffusers for a t2i folder, t2i for anything else)."""
+    original-layout .safetensors file (default: diffusers for a t2i folder, t2i for anything else);
+    a t2i folder may store its weights as float16 or bfloat16 (`dtype`)."""
     src, dst = Path(src), Path(dst)
+    if dtype not in CONVERT_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(CONVERT_DTYPES)}")
     if to is None:
         to = "diffusers" if (src / "system.json").is_file() else "t2i"  # a diffusers, single-file or training run
     if to not in CONVERT_FORMATS:
         raise ValueError(f"unknown target format {to!r}; choose from {', '.join(CONVERT_FORMATS)}")
     if dst.exists() and (dst.is_file() or any(dst.iterdir())):
         raise ValueError(f"{dst} already exists and is not empty; give a new path")
+    if dtype != "float32" and to != "t2i":
+        raise ValueError(f"--dtype {dtype} is for t2i folders; diffusers and single-file exports are float32")
     system = load(src, config_dir=config_dir)
     if to == "t2i":
-        return system.save(dst)
+        import torch
+
+        return system.save(dst, dtype=getattr(torch, dtype))
     if to == "diffusers":
         from t2i.io.diffusers_pipeline import save_diffusers_pipeline
 

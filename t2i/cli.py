@@ -193,6 +193,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", choices=("t2i", "diffusers", "single-file"), default=None,
                    help="target layout (default: diffusers for a t2i folder, t2i otherwise)")
     p.add_argument("--config", metavar="DIR", help="single-file sources: the folder with its tokenizer/")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="weights of a t2i folder (--to t2i) are stored in this type")
     p.set_defaults(func=_run_convert)
 
 
@@ -200,7 +202,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     from t2i.api import convert
 
     try:
-        out = convert(args.src, args.dst, args.to, args.config)
+        out = convert(args.src, args.dst, args.to, args.config, args.dtype)
     except (ValueError, OSError, KeyError) as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
     print(f"wrote {out}")

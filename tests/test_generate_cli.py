@@ -151,6 +151,19 @@ def test_convert_round_trips(clip_model, model, tmp_path, capsys):
     assert "not empty" in _error(capsys, ["convert", clip_model, str(tmp_path / "back")])
 
 
+def test_convert_to_half_precision_t2i_folder(model, tmp_path, capsys):
+    from safetensors import safe_open
+
+    assert main(["convert", model, str(tmp_path / "half"), "--to", "t2i", "--dtype", "float16"]) == 0
+    with safe_open(tmp_path / "half" / "unet.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    full, half = LDM.load(model), LDM.load(tmp_path / "half")
+    a, b = full.state_dict(), half.state_dict()
+    assert all(b[k].dtype == a[k].dtype and torch.equal(b[k], a[k].half().to(a[k].dtype)) for k in a)
+    capsys.readouterr()
+    assert "is for t2i folders" in _error(capsys, ["convert", model, str(tmp_path / "d"), "--dtype", "float16"])
+
+
 def test_entry_point_exit_status(tmp_path):
     """The installed command prints one line and exits 2 (no traceback)."""
     r = subprocess.run([sys.executable, "-m", "t2i.cli", "generate", "x", "--steps", "0", "--model", str(tmp_path)],

@@ -297,18 +297,23 @@ class LDM(nn.Module):
 
     # --- the t2i folder -----------------------------------------------------------------------------
 
-    def save(self, folder: str | Path) -> Path:
-        """Write the t2i system folder: system.json, one safetensors file per part, the tokenizer
-        (not MiniLM's: its weights and vocabulary are read from the installed package at load time)."""
+    def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write the t2i system folder: system.json, one safetensors file per part (floating tensors cast
+        to `dtype` when given; loading casts back to the modules' dtype), the tokenizer (not MiniLM's:
+        its weights and vocabulary are read from the installed package at load time)."""
         from t2i.io.weights import save_safetensors
+
+        def state(module: nn.Module) -> dict[str, torch.Tensor]:
+            sd = module.state_dict()
+            return sd if dtype is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.unet.state_dict(), folder / "unet.safetensors")
-        save_safetensors(self.autoencoder.state_dict(), folder / "autoencoder.safetensors")
+        save_safetensors(state(self.unet), folder / "unet.safetensors")
+        save_safetensors(state(self.autoencoder), folder / "autoencoder.safetensors")
         enc, kind = self.text_encoder, self.config.text.kind
         if kind != "minilm":
-            save_safetensors(enc.transformer.state_dict(), folder / "text_encoder.safetensors")
+            save_safetensors(state(enc.transformer), folder / "text_encoder.safetensors")
         if kind == "clip":
             save_clip_tokenizer(enc.tokenizer, folder / "tokenizer")
         elif kind == "word":
