@@ -107,3 +107,29 @@ def test_edm_preconditioning_and_loss():
     torch.testing.assert_close(seen["c_noise"], torch.log(sigma) / 4)
     sig = den.sample_training_sigmas(20000, torch.Generator().manual_seed(0))
     assert abs(sig.log().mean().item() + 1.2) < 0.05 and abs(sig.log().std().item() - 1.2) < 0.05
+
+
+def test_discrete_training_sigmas_are_schedule_sigmas_uniform_over_timesteps():
+    # DDPM training: t ~ U{0, ..., T-1}, sigma = sigma_t exactly (no interpolation between timesteps)
+    sched = DiscreteSchedule.named("linear", n=20)
+    den = DiscreteDenoiser(lambda x, t: x, sched, "eps")
+    n = 40_000
+    sig = den.sample_training_sigmas(n, torch.Generator().manual_seed(0))
+    assert sig.shape == (n,)
+    t = torch.searchsorted(sched.sigmas, sig).clamp(max=sched.num_timesteps - 1)
+    assert torch.equal(sched.sigmas[t], sig)  # every draw is one of the schedule's 20 sigmas
+    counts = torch.bincount(t, minlength=sched.num_timesteps).double()
+    assert len(counts) == 20 and counts.min() > 0  # both ends (t = 0 and t = T-1) are drawn
+    expected = n / sched.num_timesteps
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 43.82  # the 99.9% quantile of chi-square with 19 degrees of freedom
+    # reproducible from the generator, and the generator is what is used
+    assert torch.equal(sig, den.sample_training_sigmas(n, torch.Generator().manual_seed(0)))
+    assert not torch.equal(sig, den.sample_training_sigmas(n, torch.Generator().manual_seed(1)))
+    # a 1000-step schedule: draws stay inside [sigma_min, sigma_max] and cover (nearly) every timestep
+    big = DiscreteDenoiser(lambda x, t: x, DiscreteSchedule.named("scaled_linear"), "eps")
+    s = big.sample_training_sigmas(20_000, torch.Generator().manual_seed(2))
+    assert big.sigma_min <= s.min() and s.max() <= big.sigma_max
+    assert torch.isin(s, big.schedule.sigmas).all() and len(s.unique()) > 990
+    # uniform over timesteps, not over sigma: half the draws lie below the median timestep's sigma
+    assert abs(float((s < big.schedule.sigmas[500]).double().mean()) - 0.5) < 0.02
