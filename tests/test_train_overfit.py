@@ -19,12 +19,7 @@ OVERFIT = [f"train.steps={STEPS}", "data.length=4", "train.batch_size=4", "train
            "train.log_every=10", "diffusion.p_uncond=0.0", "diffusion.num_samples=4", "diffusion.sample_steps=4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @torch.no_grad()
