@@ -1,7 +1,5 @@
 """t2i's CLIP tokenizer gives the ids that transformers' CLIPTokenizer gives, from the same files."""
 
-import json
-
 import pytest
 
 transformers = pytest.importorskip("transformers")
@@ -18,24 +16,8 @@ PROMPTS = ["a red circle to the left of a blue square", "  Two GREEN   triangles
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    path = tmp_path_factory.mktemp("tok")
-    alphabet = list(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet, end_of_word_suffix="</w>",
-                                  special_tokens=["<|startoftext|>", "<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator([c.lower() for c in CORPUS], trainer)
-    tok.model.save(str(path))
-    vocab = json.loads((path / "vocab.json").read_text())
-    for ch in alphabet:  # CLIP's vocabulary holds every byte, alone and as a word end
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 16}))
-    return path
+def folder(tmp_path_factory, tiny_clip_bpe):
+    return tiny_clip_bpe(tmp_path_factory.mktemp("tok"), CORPUS, max_length=16)
 
 
 def test_ids_match_transformers(folder):

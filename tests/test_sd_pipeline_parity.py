@@ -4,7 +4,6 @@ on the [0, 1] scale): txt2img under every scheduler t2i maps, img2img, inpaintin
 9-channel UNet and mask blending with a 4-channel one, and `t2i convert` both ways."""
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -45,29 +44,10 @@ SCHEDULERS = {  # name -> (diffusers class, config changes)
 }
 
 
-def _tokenizer(path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    alphabet = list(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet, end_of_word_suffix="</w>",
-                                  special_tokens=["<|startoftext|>", "<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator([c.lower() for c in CORPUS], trainer)
-    path.mkdir()
-    tok.model.save(str(path))
-    vocab = json.loads((path / "vocab.json").read_text())
-    for ch in alphabet:  # CLIP's vocabulary holds every byte, alone and as a word end
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    return transformers.CLIPTokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"),
-                                      model_max_length=12)
-
-
-def _components(tmp, in_channels=4):
-    tokenizer = _tokenizer(tmp / f"bpe{in_channels}")
+def _components(tmp, tiny_clip_bpe, in_channels=4):
+    bpe = tiny_clip_bpe(tmp / f"bpe{in_channels}", CORPUS)
+    tokenizer = transformers.CLIPTokenizer(vocab=str(bpe / "vocab.json"), merges=str(bpe / "merges.txt"),
+                                           model_max_length=12)
     torch.manual_seed(in_channels)
     text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -88,17 +68,17 @@ def _components(tmp, in_channels=4):
 
 
 @pytest.fixture(scope="module")
-def sd(tmp_path_factory):
+def sd(tmp_path_factory, tiny_clip_bpe):
     tmp = tmp_path_factory.mktemp("sd")
-    pipe = diffusers.StableDiffusionPipeline(**_components(tmp))
+    pipe = diffusers.StableDiffusionPipeline(**_components(tmp, tiny_clip_bpe))
     pipe.save_pretrained(tmp / "pipe", safe_serialization=True)
     return tmp / "pipe", pipe
 
 
 @pytest.fixture(scope="module")
-def sd_inpaint(tmp_path_factory):
+def sd_inpaint(tmp_path_factory, tiny_clip_bpe):
     tmp = tmp_path_factory.mktemp("sdi")
-    pipe = diffusers.StableDiffusionInpaintPipeline(**_components(tmp, in_channels=9))
+    pipe = diffusers.StableDiffusionInpaintPipeline(**_components(tmp, tiny_clip_bpe, in_channels=9))
     pipe.save_pretrained(tmp / "pipe", safe_serialization=True)
     return tmp / "pipe", pipe
 
