@@ -11,6 +11,10 @@ from t2i.diffusion.guidance import (
     DynamicThreshold,
     GradientGuidance,
     StaticThreshold,
+    TimestepNet,
+    any_of_log_prob,
+    classifier_log_prob,
+    clip_log_prob,
     dynamic_threshold,
 )
 from t2i.diffusion.losses import WEIGHTINGS, diffusion_loss
@@ -20,6 +24,7 @@ from t2i.diffusion.schedules import DiscreteSchedule, karras_sigmas, snr
 
 __all__ = [
     "ClassifierFreeGuidance", "ConcatInputs", "DiscreteDenoiser", "DiscreteSchedule", "DynamicThreshold",
-    "EDMDenoiser", "GradientGuidance", "PREDICTIONS", "SAMPLERS", "SPACINGS", "StaticThreshold", "WEIGHTINGS",
-    "diffusion_loss", "dynamic_threshold", "get_sampler", "karras_sigmas", "sample", "sampling_sigmas", "snr",
+    "EDMDenoiser", "GradientGuidance", "PREDICTIONS", "SAMPLERS", "SPACINGS", "StaticThreshold", "TimestepNet",
+    "WEIGHTINGS", "any_of_log_prob", "classifier_log_prob", "clip_log_prob", "diffusion_loss", "dynamic_threshold",
+    "get_sampler", "karras_sigmas", "sample", "sampling_sigmas", "snr",
 ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from t2i.diffusion.denoisers import Cond, Denoiser, append_dims
+from t2i.diffusion.denoisers import Cond, Denoiser, append_dims, batch_sigma
+from t2i.diffusion.schedules import DiscreteSchedule
 
 # log p(y | x_t) as a function of (x, sigma, cond): x in VE form, sigma a (B,) tensor.
 LogProb = Callable[[torch.Tensor, torch.Tensor, Cond | None], torch.Tensor]
@@ -52,6 +54,55 @@ class GradientGuidance:
             x_in = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.log_prob(x_in, sigma, cond).sum(), x_in)
         return x0 + self.scale * append_dims(sigma, x.ndim) ** 2 * grad
+
+
+class TimestepNet:
+    """A network indexed by timestep, net(x_vp, t), as a function of the VE-form (x, sigma): it sees
+    x / sqrt(sigma^2 + 1) and t = schedule.sigma_to_t(sigma), as DiscreteDenoiser feeds its net (for noisy
+    classifiers and noisy CLIP towers, GLIDE sec. 2.3-2.4)."""
+
+    def __init__(self, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: DiscreteSchedule):
+        self.net, self.schedule = net, schedule
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = batch_sigma(sigma, x)  # (B,)
+        t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        t = self.schedule.sigma_to_t(sigma).to(device=x.device, dtype=t_dtype)  # (B,)
+        return self.net(x / (append_dims(sigma, x.ndim) ** 2 + 1).sqrt(), t)
+
+
+def any_of_log_prob(logits: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """sum_g log P(some label of group g is on) under independent sigmoids: logits (B, K), groups (B|1, G, K)
+    bool -> (B,). log P = log(1 - prod_k (1 - p_k)); a one-label group gives log sigmoid(logit); an empty
+    group constrains nothing (0)."""
+    m = groups.to(logits.dtype)  # (B|1, G, K)
+    none = (m * F.logsigmoid(-logits)[:, None, :]).sum(-1)  # (B, G): log P(no label of g is on)
+    empty = ~groups.any(-1)  # (B|1, G)
+    none = torch.where(empty, -1.0, none).clamp(max=-torch.finfo(logits.dtype).tiny)
+    return torch.where(empty, 0.0, torch.log(-torch.expm1(none))).sum(-1)  # (B,)
+
+
+def classifier_log_prob(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                        groups: torch.Tensor) -> LogProb:
+    """log p(y | x_t) of a noise-aware multi-label classifier, logits_fn(x, sigma) -> (B, K), for
+    `GradientGuidance` (classifier guidance: Dhariwal & Nichol 2021, alg. 2; GLIDE sec. 2.3). y is
+    "some label of each group is on" (`any_of_log_prob`): groups (B|1, G, K) bool."""
+
+    def log_prob(x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        return any_of_log_prob(logits_fn(x, sigma), groups.to(x.device))  # (B,)
+
+    return log_prob
+
+
+def clip_log_prob(image_embed_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], text_embed: torch.Tensor,
+                  scale: float = 1.0) -> LogProb:
+    """scale * <f(x_t, sigma), g(c)>, the noisy-CLIP image-caption dot product whose gradient GLIDE's CLIP
+    guidance follows (Nichol et al. 2021, sec. 2.4): image_embed_fn(x, sigma) -> (B, E), text_embed (B|1, E)."""
+
+    def log_prob(x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        return scale * (image_embed_fn(x, sigma) * text_embed.to(x)).sum(-1)  # (B,)
+
+    return log_prob
 
 
 class StaticThreshold:
