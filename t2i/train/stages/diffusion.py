@@ -4,6 +4,11 @@ The network is wrapped by `t2i.diffusion` (DiscreteDenoiser, any prediction type
 with `diffusion_loss`. Captions go through a jointly trained text encoder into
 cond = {"context": tokens, "context_mask": mask} (+ "pooled"), and are dropped to "" with
 probability p_uncond so classifier-free guidance works at sampling time (Ho & Salimans 2022).
+
+Cascade and inpainting stages (pixels only) take image conditioning as extra input channels,
+cond["concat"], through the `ConcatInputs` network wrapper: `lowres_size` trains a super-resolution
+stage on the noise-augmented low-res image (optionally on random `crop_size` crops, as GLIDE's
+upsampler), `inpaint` erases random regions and passes the mask and masked image (GLIDE sec. 3.2).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -46,6 +52,10 @@ class DiffusionOptions(TableConfig):
     guidance: float = 3.0
     num_samples: int = 8
     sample_prompts: tuple[str, ...] = ()  # default: the captions of the first num_samples images
+    lowres_size: int = 0  # > 0: a super-resolution stage fed the image downsampled to this size (+3 channels)
+    lowres_noise: float = 0.5  # its noise augmentation: a level drawn per sample from U[0, this] (fraction of T)
+    crop_size: int = 0  # > 0: train on random crops of this size (GLIDE's upsampler); samples stay full size
+    inpaint: bool = False  # erase random regions; the mask and the masked image enter as +4 channels
 
     def check(self) -> None:
         from t2i.diffusion import PREDICTIONS, SAMPLERS, WEIGHTINGS
@@ -66,6 +76,18 @@ class DiffusionOptions(TableConfig):
             raise bad("gamma", self.gamma, "must be > 0")
         if self.latent_scale < 0:
             raise bad("latent_scale", self.latent_scale, "must be > 0 (or 0: the autoencoder's own scaling_factor)")
+        for key in ("lowres_size", "crop_size"):
+            if getattr(self, key) < 0:
+                raise bad(key, getattr(self, key), "must be >= 0 (0: off)")
+        if not 0 <= self.lowres_noise <= 1:
+            raise bad("lowres_noise", self.lowres_noise, "must be in [0, 1] (a fraction of the timesteps)")
+        if self.first_stage and (self.lowres_size or self.inpaint or self.crop_size):
+            raise bad("first_stage", self.first_stage, "lowres_size, crop_size and inpaint are for pixel stages")
+
+    @property
+    def extra_channels(self) -> int:
+        """Channels concatenated to the network's input: low-res image (3), mask + masked image (4)."""
+        return 3 * bool(self.lowres_size) + 4 * self.inpaint
 
 
 # --- text encoders ---------------------------------------------------------------------------------
@@ -133,6 +155,31 @@ def load_first_stage(path: str | Path, device: torch.device | str, latent_scale:
     return ae.to(device).eval().requires_grad_(False)
 
 
+# --- inpainting masks ------------------------------------------------------------------------------
+
+
+def random_mask(generator: torch.Generator, size: int) -> torch.Tensor:
+    """A (1, size, size) mask, 1 = erased: a random rectangle (half the time) or free-form brush strokes,
+    a random walk of discs (GLIDE sec. 3.2 erases random regions; free-form as in Yu et al. 2019)."""
+    u = lambda n: torch.rand(n, generator=generator)  # noqa: E731
+    mask = torch.zeros(size, size)
+    if float(u(1)) < 0.5:
+        hw = (0.25 + 0.5 * u(2)) * size  # sides: 1/4 .. 3/4 of the image
+        y0, x0 = (u(2) * (size - hw)).long().tolist()
+        mask[y0:y0 + max(1, int(hw[0])), x0:x0 + max(1, int(hw[1]))] = 1
+        return mask[None]
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for _ in range(1 + int(u(1) * 3)):  # 1..3 strokes
+        point, radius = u(2) * size, (0.05 + 0.07 * float(u(1))) * size
+        for _ in range(8):  # vertices of the stroke
+            step = (u(2) - 0.5) * 0.4 * size
+            for f in torch.linspace(0, 1, 4):  # discs along the segment
+                c = (point + f * step).clamp(0, size - 1)
+                mask[(yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= radius**2] = 1
+            point = (point + step).clamp(0, size - 1)
+    return mask[None]
+
+
 # --- the stage -------------------------------------------------------------------------------------
 
 
@@ -144,7 +191,7 @@ class DiffusionStage:
 
     def __init__(self, options: DiffusionOptions, examples: torch.Tensor, prompts: list[str],
                  device: torch.device, first_stage: nn.Module | None = None, tokenizer_json: str | None = None):
-        from t2i.diffusion import DiscreteDenoiser, DiscreteSchedule
+        from t2i.diffusion import ConcatInputs, DiscreteDenoiser, DiscreteSchedule
 
         self.options, self.device, self.first_stage = options, device, first_stage
         modules = {"net": build_network(options.network, options.net, "[diffusion.net]")}
@@ -153,11 +200,28 @@ class DiffusionStage:
             modules["text"] = encoder
         self.model = nn.ModuleDict(modules).to(device)
         schedule = DiscreteSchedule.named(options.schedule, n=options.timesteps)
-        self.denoiser = DiscreteDenoiser(self.model["net"], schedule, options.prediction)
+        net = ConcatInputs(self.model["net"]) if options.extra_channels else self.model["net"]
+        self.denoiser = DiscreteDenoiser(net, schedule, options.prediction)
         self.prompts = prompts
+        self.examples = examples if options.extra_channels else None  # the grid's low-res / masked inputs
         with torch.no_grad():
             self.sample_shape = tuple(self.encode_images(examples[:1].to(device), None).shape[1:])
+        self._check_image_options()
         self._probe()
+
+    def _check_image_options(self) -> None:
+        """Sizes of the super-resolution / crop options against the data, and the network's input channels."""
+        o, size = self.options, self.sample_shape[-1]
+        for key in ("lowres_size", "crop_size"):
+            if getattr(o, key) >= size:
+                problem = bad(key, getattr(o, key), f"must be smaller than the {size} px images")
+                raise RecipeError(f"[diffusion] {problem}")
+        want = self.sample_shape[0] + o.extra_channels
+        got = getattr(getattr(self.model["net"], "config", None), "in_channels", want)
+        if got != want:
+            parts = [f"{self.sample_shape[0]} image"] + (["3 low-res (lowres_size)"] if o.lowres_size else []) + (
+                ["4 mask + masked image (inpaint)"] if o.inpaint else [])
+            raise RecipeError(f"[diffusion.net] in_channels = {got}: must be {want} ({' + '.join(parts)} channels)")
 
     @classmethod
     def build(cls, recipe: Any, dataset: Any, device: torch.device,
@@ -174,9 +238,12 @@ class DiffusionStage:
     def _probe(self) -> None:
         """Run the network once on one sample so a misfit (channels, context width) is a clear error."""
         x = torch.zeros((1, *self.sample_shape), device=self.device)
+        cond = self.encode_text([""])
+        if self.options.extra_channels:
+            cond["concat"] = x.new_zeros((1, self.options.extra_channels, *self.sample_shape[1:]))
         try:
             with torch.no_grad():
-                self.denoiser(x, torch.ones(1, device=self.device), self.encode_text([""]))
+                self.denoiser(x, torch.ones(1, device=self.device), cond)
         except (RuntimeError, ValueError, TypeError) as e:
             first = "latents" if self.first_stage is not None else "images"
             raise RecipeError(f"[diffusion.net] does not fit the data ({first} of shape {self.sample_shape}"
@@ -209,10 +276,54 @@ class DiffusionStage:
         captions = [c if k else "" for c, k in zip(batch["caption"], keep.tolist())]
         sigma = rng.each(lambda g: self.denoiser.sample_training_sigmas(1, g)).to(self.device)  # (B,)
         x0 = self.encode_images(batch["image"].to(self.device), rng)
+        cond = self.encode_text(captions)
+        if self.options.extra_channels:  # drawn after the draws above, so other recipes draw as before
+            x0, cond["concat"] = self.image_conditioning(x0, rng)
         noise = rng.randn(tuple(x0.shape[1:])).to(self.device)  # (B, C, H, W)
-        loss = diffusion_loss(self.denoiser, x0, self.encode_text(captions), weighting=self.options.weighting,
+        loss = diffusion_loss(self.denoiser, x0, cond, weighting=self.options.weighting,
                               gamma=self.options.gamma, sigma=sigma, noise=noise)
         return loss, {"loss": float(loss.detach())}
+
+    def image_conditioning(self, images: torch.Tensor, rng: SampleRNG) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training images (B, 3, H, W) -> (target, extra channels): the noise-augmented low-res image
+        (a level per sample from U[0, lowres_noise]), then the same random crop of both, then random
+        regions erased for inpainting."""
+        from t2i.diffusion.conditioning import inpaint_condition, lowres_condition
+
+        o, (b, _, h, w) = self.options, images.shape
+        parts = []
+        if o.lowres_size:
+            low = F.interpolate(images, size=(o.lowres_size, o.lowres_size), mode="area")  # (B, 3, n, n)
+            t = rng.rand() * o.lowres_noise * (self.denoiser.schedule.num_timesteps - 1)  # (B,)
+            sigma = self.denoiser.schedule.t_to_sigma(t)
+            parts.append(lowres_condition(low, (h, w), sigma, rng.randn(tuple(low.shape[1:]))))
+        if o.crop_size:
+            c = o.crop_size
+            corners = rng.each(lambda g: torch.randint(0, min(h, w) - c + 1, (2,), generator=g)).view(b, 2)
+            crop = lambda x: torch.stack([x[i, :, y:y + c, z:z + c] for i, (y, z) in enumerate(corners.tolist())])
+            images, parts = crop(images), [crop(p) for p in parts]
+        if o.inpaint:
+            mask = torch.stack([random_mask(g, images.shape[-1]) for g in rng.generators]).to(images)  # (B, 1, H, W)
+            parts.append(inpaint_condition(images, mask))
+        return images, torch.cat(parts, dim=1)
+
+    def grid_conditioning(self, n: int) -> torch.Tensor:
+        """Extra channels for n grid samples from the first examples: their low-res image at the
+        lowest augmentation level, and/or the centre square erased."""
+        from t2i.diffusion.conditioning import inpaint_condition, lowres_condition
+
+        o = self.options
+        images = self.examples[torch.arange(n) % len(self.examples)].to(self.device)  # (n, 3, H, W)
+        size = images.shape[-2:]
+        parts = []
+        if o.lowres_size:
+            low = F.interpolate(images, size=(o.lowres_size, o.lowres_size), mode="area")
+            parts.append(lowres_condition(low, size, torch.zeros(n), torch.zeros_like(low)))
+        if o.inpaint:
+            mask = torch.zeros((n, 1, *size), device=self.device)
+            mask[..., size[0] // 4:3 * size[0] // 4, size[1] // 4:3 * size[1] // 4] = 1
+            parts.append(inpaint_condition(images, mask))
+        return torch.cat(parts, dim=1)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], generator: torch.Generator, steps: int | None = None,
@@ -224,8 +335,13 @@ class DiffusionStage:
         cond = self.encode_text(prompts)
         den = self.denoiser
         scale = o.guidance if guidance is None else guidance
-        if cond and scale != 1.0:
-            den = ClassifierFreeGuidance(den, scale, self.encode_text([""] * len(prompts)))
+        uncond = self.encode_text([""] * len(prompts)) if cond and scale != 1.0 else None
+        if o.extra_channels:
+            extra = self.grid_conditioning(len(prompts))
+            cond = dict(cond, concat=extra)
+            uncond = dict(uncond, concat=extra) if uncond is not None else None
+        if uncond is not None:
+            den = ClassifierFreeGuidance(den, scale, uncond)
             if not hasattr(den, "noise_scale"):  # the guided wrapper does not forward it (yet)
                 den.noise_scale = self.denoiser.noise_scale  # type: ignore[attr-defined]
         sigmas = sampling_sigmas(self.denoiser, steps or o.sample_steps)  # the guided wrapper hides the schedule
