@@ -156,49 +156,108 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
 _DEFAULT_BETAS = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "cosine": (0.00085, 0.012)}
 
 
-def system_from_training_run(run: str | os.PathLike, first_stage: str | os.PathLike | None = None):
-    """The LDM system of a `t2i train` diffusion run (its newest good checkpoint, EMA weights) over the
-    autoencoder run its recipe names (`first_stage`, resolved from the working directory, else beside
-    the run); `t2i convert RUN t2i/weights/ldm` makes shipped weights of it."""
-    from t2i.encoders import WordTokenizer
-    from t2i.io.weights import load_into
-    from t2i.systems import LDM, LDMConfig, SamplingConfig, ScheduleConfig, TextConfig
+def _diffusion_run(run: Path):
+    """(checkpoint path, checkpoint, its [diffusion] options) of a `t2i train` diffusion run or checkpoint
+    folder (the newest good checkpoint) whose network is the t2i UNet."""
     from t2i.train.checkpoint import latest_checkpoint, read_checkpoint
-    from t2i.train.stages.diffusion import load_first_stage
 
-    run = Path(run)
     ckpt_path = run if (run / "manifest.json").is_file() else latest_checkpoint(run / "checkpoints", log=lambda m: None)
     if ckpt_path is None:
         raise ValueError(f"{run}: no complete checkpoint in {run / 'checkpoints'}")
     ckpt = read_checkpoint(ckpt_path)
-    o = ckpt.config.get("diffusion")
-    kind = o.get("text_encoder") if o else None
-    if ckpt.config.get("stage") != "diffusion" or kind not in ("word", "minilm") or not o.get("first_stage"):
-        raise ValueError(f"{ckpt_path}: not a text-conditioned latent diffusion run (stage 'diffusion' with a "
-                         "word or minilm text encoder and a first_stage autoencoder)")
+    o = ckpt.config.get("diffusion") or {}
+    if ckpt.config.get("stage") != "diffusion" or o.get("text_encoder", "word") not in ("word", "minilm"):
+        raise ValueError(f"{ckpt_path}: not a text-conditioned diffusion run (stage 'diffusion' with a word or "
+                         "minilm text encoder)")
     if o.get("network", "unet") != "unet":
         raise ValueError(f"{ckpt_path}: network {o.get('network')!r} is not the t2i UNet")
+    return ckpt_path, ckpt, o
+
+
+def _run_settings(o: dict):
+    """The ScheduleConfig and SamplingConfig of a run's [diffusion] options."""
+    from t2i.systems import SamplingConfig, ScheduleConfig
+
+    beta_start, beta_end = _DEFAULT_BETAS[o["schedule"]]
+    return (ScheduleConfig(o["schedule"], int(o.get("timesteps", 1000)), beta_start, beta_end),
+            SamplingConfig(sampler=o.get("sampler", "dpmpp_2m"), steps=int(o.get("sample_steps", 20)),
+                           guidance=float(o.get("guidance", 3.0)), spacing="leading", offset=0))
+
+
+def _load_ema(ckpt, ckpt_path: Path, parts: dict) -> None:
+    """Load a checkpoint's EMA weights into modules by their prefix in the stage's ModuleDict ("net", "text")."""
+    from t2i.io.weights import load_into
+
+    for prefix, module in parts.items():
+        load_into(module, {k[len(prefix) + 1:]: v for k, v in ckpt.ema.items() if k.startswith(prefix + ".")},
+                  where=f"{ckpt_path} ({prefix})")
+
+
+def _run_tokenizer(ckpt, kind: str):
+    from t2i.encoders import WordTokenizer
+
+    return WordTokenizer.from_json(ckpt.extra("tokenizer.json").decode()) if kind == "word" else None
+
+
+def system_from_training_run(run: str | os.PathLike, first_stage: str | os.PathLike | None = None):
+    """The LDM system of a `t2i train` diffusion run (its newest good checkpoint, EMA weights) over the
+    autoencoder run its recipe names (`first_stage`, resolved from the working directory, else beside
+    the run); `t2i convert RUN t2i/weights/ldm` makes shipped weights of it. A pixel-space run (no
+    first_stage) is a GLIDE base model (`system_from_training_runs`)."""
+    from t2i.io.weights import load_into
+    from t2i.nn.unet import UNetConfig
+    from t2i.systems import LDM, LDMConfig, TextConfig
+    from t2i.train.stages.diffusion import load_first_stage
+
+    run = Path(run)
+    ckpt_path, ckpt, o = _diffusion_run(run)
+    if not o.get("first_stage") and first_stage is None:
+        return system_from_training_runs(run)
+    kind = o.get("text_encoder", "word")
     ae_path = Path(first_stage) if first_stage is not None else Path(o["first_stage"])
     if first_stage is None and not ae_path.exists():
         ae_path = run.parent / ae_path.name
     autoencoder = load_first_stage(ae_path, "cpu", float(o.get("latent_scale", 0.0)))
-    beta_start, beta_end = _DEFAULT_BETAS[o["schedule"]]
-    from t2i.nn.unet import UNetConfig
-
+    schedule, sampling = _run_settings(o)
     config = LDMConfig(
         unet=UNetConfig.from_dict(o["net"]), autoencoder=autoencoder.config,
         text=TextConfig(kind=kind, encoder=o.get("text", {}), context_mask=True, pooled=bool(o.get("pooled"))),
-        schedule=ScheduleConfig(o["schedule"], int(o.get("timesteps", 1000)), beta_start, beta_end),
-        prediction=o.get("prediction", "eps"),
-        sampling=SamplingConfig(sampler=o.get("sampler", "dpmpp_2m"), steps=int(o.get("sample_steps", 20)),
-                                guidance=float(o.get("guidance", 3.0)), spacing="leading", offset=0),
+        schedule=schedule, prediction=o.get("prediction", "eps"), sampling=sampling,
         sample_size=int(ckpt.config.get("data", {}).get("size", 64)),
     )
-    tokenizer = WordTokenizer.from_json(ckpt.extra("tokenizer.json").decode()) if kind == "word" else None
-    system = LDM.build(config, tokenizer, name=run.name)
-    part = {"net": system.unet, "text": system.text_encoder}
-    for prefix, module in part.items():
-        load_into(module, {k[len(prefix) + 1:]: v for k, v in ckpt.ema.items() if k.startswith(prefix + ".")},
-                  where=f"{ckpt_path} ({prefix})")
+    system = LDM.build(config, _run_tokenizer(ckpt, kind), name=run.name)
+    _load_ema(ckpt, ckpt_path, {"net": system.unet, "text": system.text_encoder})
     load_into(system.autoencoder, autoencoder.state_dict(), where=str(ae_path))
+    return system.eval()
+
+
+SAMPLE_LOWRES_NOISE = 0.1  # the upsampler's low-res augmentation level at sampling (at most its training maximum)
+
+
+def system_from_training_runs(base_run: str | os.PathLike, upsampler_run: str | os.PathLike | None = None):
+    """The GLIDE system of a pixel-space `t2i train` diffusion run (the base; inpainting if trained with
+    `inpaint`) and optionally a super-resolution run (`lowres_size` = the base's image size), EMA
+    weights of their newest good checkpoints; `t2i convert` writes it as a t2i folder."""
+    from t2i.nn.unet import UNetConfig
+    from t2i.systems import GLIDE, GLIDEConfig, GLIDEStageConfig, TextConfig
+
+    stages, names = [], []
+    for run in [Path(base_run)] + ([Path(upsampler_run)] if upsampler_run is not None else []):
+        ckpt_path, ckpt, o = _diffusion_run(run)
+        if o.get("first_stage"):
+            raise ValueError(f"{ckpt_path}: a latent diffusion run (first_stage) is not a GLIDE stage")
+        kind = o.get("text_encoder", "word")
+        schedule, sampling = _run_settings(o)
+        config = GLIDEStageConfig(
+            unet=UNetConfig.from_dict(o["net"]), schedule=schedule, sampling=sampling,
+            text=TextConfig(kind=kind, encoder=o.get("text", {}), context_mask=True, pooled=bool(o.get("pooled"))),
+            prediction=o.get("prediction", "eps"), sample_size=int(ckpt.config.get("data", {}).get("size", 64)),
+            lowres_size=int(o.get("lowres_size", 0)), inpaint=bool(o.get("inpaint", False)),
+            lowres_noise=min(SAMPLE_LOWRES_NOISE, float(o.get("lowres_noise", 0.0))))
+        stages.append((config, _run_tokenizer(ckpt, kind), ckpt, ckpt_path))
+        names.append(run.name)
+    config = GLIDEConfig(stages[0][0], stages[1][0] if len(stages) > 1 else None)
+    system = GLIDE.build(config, stages[0][1], stages[-1][1], name="+".join(names))
+    for stage, (_, _, ckpt, ckpt_path) in zip(system.stages, stages):
+        _load_ema(ckpt, ckpt_path, {"net": stage.unet, "text": stage.text_encoder})
     return system.eval()

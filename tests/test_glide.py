@@ -1,0 +1,182 @@
+"""GLIDE as a composition: tiny systems with random weights generate, round-trip through the t2i folder,
+cascade to 4x size, inpaint keeping the unmasked region, and take gradient guidance; the training
+stage's super-resolution / crop / inpainting options train through the real Trainer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import t2i
+from t2i.encoders import WordTokenizer
+from t2i.nn.unet import UNetConfig
+from t2i.systems import GLIDE, GLIDEConfig, GLIDEStageConfig, SamplingConfig, ScheduleConfig, TextConfig
+from t2i.train import RecipeError, Trainer, load_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+BASE = 8  # base image side; the upsampler makes 32 px
+
+
+def stage_config(in_channels: int = 3, size: int = BASE, lowres: int = 0, inpaint: bool = False,
+                 guidance: float = 3.0) -> GLIDEStageConfig:
+    return GLIDEStageConfig(
+        unet=UNetConfig(in_channels=in_channels, out_channels=3, block_channels=(16, 32), num_res_blocks=1,
+                        attention_levels=(1,), attention_block="adm", num_heads=2, context_dim=16, pooled_dim=16,
+                        scale_shift=True, norm_groups=8),
+        text=TextConfig(kind="word", encoder=dict(width=16, layers=1, heads=2, max_length=12), pooled=True),
+        schedule=ScheduleConfig(name="cosine"), prediction="eps",
+        sampling=SamplingConfig(sampler="ddim", steps=3, guidance=guidance, spacing="linspace", offset=0),
+        sample_size=size, lowres_size=lowres, lowres_noise=0.1 if lowres else 0.0, inpaint=inpaint)
+
+
+def tiny_glide(upsampler: bool = False, inpaint: bool = False, seed: int = 0) -> GLIDE:
+    torch.manual_seed(seed)
+    up = stage_config(6, 4 * BASE, BASE, guidance=1.0) if upsampler else None
+    config = GLIDEConfig(stage_config(7 if inpaint else 3, inpaint=inpaint), up)
+    system = GLIDE.build(config, WordTokenizer.for_shapes(), name="tiny-glide")
+    with torch.no_grad():  # fresh weights zero some layers: noise everywhere so every path matters
+        for p in system.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return system.eval()
+
+
+@pytest.fixture(scope="module")
+def system():
+    return tiny_glide()
+
+
+def init_image(size: int = BASE) -> Image.Image:
+    a = np.full((size, size, 3), 245, np.uint8)
+    a[1:5, 1:4] = (220, 40, 40)
+    return Image.fromarray(a)
+
+
+def half_mask(size: int = BASE) -> Image.Image:
+    a = np.zeros((size, size), np.uint8)
+    a[:, size // 2:] = 255
+    return Image.fromarray(a)
+
+
+def test_config_round_trips_and_checks_channels():
+    cfg = tiny_glide(upsampler=True, inpaint=True).config
+    assert GLIDEConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg and cfg.factor == 4
+    with pytest.raises(ValueError, match="in_channels must be 6"):
+        stage_config(3, 4 * BASE, BASE)
+    with pytest.raises(ValueError, match="take the base's 8 px images"):
+        GLIDEConfig(stage_config(), stage_config(6, 32, 16))
+
+
+def test_generate_returns_images_with_parameters(system):
+    images = system.generate("a red circle", negative_prompt="blue", num_images=2, seed=9, steps=2)
+    assert len(images) == 2 and images[0].size == (BASE, BASE) and images[0].mode == "RGB"
+    info = images[1].info
+    assert info["prompt"] == "a red circle" and info["seed"] == "9" and info["guidance_type"] == "cfg"
+    assert info["model"] == "tiny-glide" and info["batch_index"] == "1"
+    a, b = (np.asarray(im, dtype=np.int16) for im in images)
+    assert np.abs(a - b).max() > 0  # two draws of one prompt differ
+
+
+def test_save_load_round_trip_and_t2i_load(tmp_path):
+    a = tiny_glide(upsampler=True)
+    a.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "system.json").read_text())["system"] == "glide"
+    b = t2i.load(tmp_path / "m")
+    assert isinstance(b, GLIDE) and b.config == a.config and b.name == a.name
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(a.sample("a red circle", seed=3, steps=2), b.sample("a red circle", seed=3, steps=2))
+
+
+def test_cascade_makes_4x_images_from_the_base_image():
+    system = tiny_glide(upsampler=True)
+    x = system.sample(["a red circle", "two blue squares"], seed=1, steps=2)
+    assert x.shape == (2, 3, 4 * BASE, 4 * BASE) and torch.isfinite(x).all()
+    base = system.base
+    seen = []
+    hook = system.upsampler.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0][:, 3:].clone()))
+    system.sample("a red circle", seed=1, steps=2)
+    hook.remove()
+    assert len(seen) == system.config.upsampler.sampling.steps and seen[0].shape == (1, 3, 4 * BASE, 4 * BASE)
+    assert base is system.base and (seen[0] - seen[0].mean()).abs().max() > 0  # the low-res image reaches the UNet
+    with pytest.raises(ValueError, match="multiples of 8"):
+        system.sample("a red circle", width=20)
+
+
+def test_inpainting_keeps_the_unmasked_region():
+    """Both paths, the plain base (mask blending) and the inpainting model (mask + masked image as
+    channels, plus blending), leave pixels outside the mask within 2/255 on average."""
+    ref = np.asarray(init_image(), dtype=np.float32)
+    for model in (tiny_glide(), tiny_glide(inpaint=True)):
+        out = model.generate("a red circle", image=init_image(), mask=half_mask(), steps=3, seed=2)[0]
+        diff = np.abs(np.asarray(out, dtype=np.float32) - ref)
+        assert diff[:, :BASE // 2].mean() <= 2 and diff[:, BASE // 2:].mean() > 10
+        assert out.info["mode"] == "inpaint"
+    with pytest.raises(ValueError, match="inpainting model"):
+        tiny_glide(inpaint=True).sample("a red circle")
+
+
+def test_gradient_guidance_changes_the_sample_and_scale_zero_is_the_conditional_model(system):
+    def redness(x, sigma, cond):  # a toy log p(y | x_t): how red the image is
+        return x[:, 0].mean((1, 2)) - x[:, 1:].mean((1, 2, 3))
+
+    cfg = system.sample("a red circle", seed=4, steps=3, guidance=1.0)  # no CFG: the conditional model alone
+    clip = system.sample("a red circle", seed=4, steps=3, guidance=2.0, guidance_type="clip", guide=redness)
+    zero = system.sample("a red circle", seed=4, steps=3, guidance=0.0, guidance_type="classifier", guide=redness)
+    assert torch.equal(zero, cfg)
+    assert (clip - cfg).abs().max() > 1e-2 and (clip[:, 0] - clip[:, 1:].mean(1)).mean() > (
+        cfg[:, 0] - cfg[:, 1:].mean(1)).mean()
+    with pytest.raises(ValueError, match="needs guide="):
+        system.sample("a red circle", guidance_type="clip")
+    with pytest.raises(ValueError, match="unknown guidance type"):
+        system.sample("a red circle", guidance_type="clap", guide=redness)
+
+
+SMALL = ["train.steps=2", "train.batch_size=2", "train.checkpoint_every=2", "train.log_every=1",
+         "diffusion.num_samples=2", "diffusion.sample_steps=2"]
+
+
+def test_training_options_train_and_load_as_a_cascade(tmp_path):
+    quiet = dict(progress=False, log=lambda m: None)
+    base = Trainer(load_recipe("tiny_glide", SMALL), tmp_path / "base", **quiet)
+    base.run()
+    up = Trainer(load_recipe("tiny_glide_upsampler", SMALL), tmp_path / "up", **quiet)
+    up.run()
+    batch = {"image": torch.rand(2, 3, 64, 64) * 2 - 1}
+    from t2i.train.rng import SampleRNG
+
+    x0, extra = up.stage.image_conditioning(batch["image"], SampleRNG([1, 2]))
+    assert x0.shape == (2, 3, 32, 32) and extra.shape == (2, 3, 32, 32)  # a random crop of both
+    system = t2i.api.system_from_training_runs(tmp_path / "base", tmp_path / "up")
+    assert system.sample("a red circle", steps=2).shape == (1, 3, 64, 64)
+    assert isinstance(t2i.load(tmp_path / "base"), GLIDE)  # a pixel run loads as a GLIDE base
+
+    inpaint = Trainer(load_recipe("tiny_glide", SMALL + ["diffusion.inpaint=true", "diffusion.net.in_channels=7"]),
+                      tmp_path / "inpaint", **quiet)
+    assert inpaint.run().loss > 0
+    x0, extra = inpaint.stage.image_conditioning(torch.rand(2, 3, 16, 16), SampleRNG([3, 4]))
+    mask = extra[:, :1]
+    assert set(mask.unique().tolist()) <= {0.0, 1.0} and 0 < mask.mean() < 1
+    assert torch.equal(extra[:, 1:], x0 * (1 - mask))  # the masked image
+    assert t2i.api.system_from_training_runs(tmp_path / "inpaint").config.base.inpaint
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["diffusion.inpaint=true"], r"in_channels = 3: must be 7 \(3 image \+ 4 mask \+ masked image"),
+    (["diffusion.lowres_size=8"], r"in_channels = 3: must be 6 \(3 image \+ 3 low-res"),
+    (["diffusion.lowres_size=16", "diffusion.net.in_channels=6"], "lowres_size = 16: must be smaller"),
+    (["diffusion.inpaint=true", "diffusion.first_stage='x'"], "are for pixel stages"),
+])
+def test_recipes_with_misfit_channels_are_named(tmp_path, overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        Trainer(load_recipe("tiny_glide", overrides), tmp_path, progress=False, log=lambda m: None).run()
+
+
+@pytest.mark.parametrize("name,extra", [("shapes_glide", 0), ("shapes_glide_upsampler", 3),
+                                        ("shapes_glide_inpaint", 4), ("tiny_glide_upsampler", 3)])
+def test_glide_recipes_parse_and_their_channels_fit(name, extra):
+    o = load_recipe(name).options
+    assert o.extra_channels == extra and o.net["in_channels"] == 3 + extra and o.pooled
+    assert o.net["attention_block"] == "adm" and o.net["context_dim"] == o.net["pooled_dim"] == o.text["width"]
