@@ -73,3 +73,16 @@ def test_bf16_autocast_trains_on_cpu(tmp_path, bf16):
     weights = read_checkpoint(result.checkpoint).model
     assert all(v.dtype == torch.float32 for v in weights.values())  # weights stay float32 under autocast
     assert math.isfinite(result.loss)
+
+
+def test_latent_scale_replaces_the_first_stage_scaling_factor(tmp_path):
+    """A diffusion recipe's latent_scale (1 / latent std, measured after the autoencoder is trained)
+    replaces the first stage's scaling_factor; 0 keeps it; negative values are refused."""
+    from t2i.train.stages.diffusion import load_first_stage
+
+    result = Trainer(load_recipe("tiny_autoencoder", SMALL), tmp_path / "ae", progress=False, log=lambda m: None).run()
+    assert load_first_stage(tmp_path / "ae", "cpu", latent_scale=0.25).config.scaling_factor == 0.25
+    default = read_checkpoint(result.checkpoint).config["autoencoder"]["net"].get("scaling_factor", 0.18215)
+    assert load_first_stage(tmp_path / "ae", "cpu").config.scaling_factor == default
+    with pytest.raises(RecipeError, match="latent_scale"):
+        load_recipe("tiny_latent", ["diffusion.latent_scale=-1"])

@@ -24,6 +24,7 @@ class AutoencoderOptions(TableConfig):
     kl_weight: float = 1e-6
     reconstruction: str = "l1"  # l1 | l2
     num_samples: int = 8  # images reconstructed in each sample grid
+    init_logvar: float = -8.0  # see start_narrow: kept only so the shipped autoencoder's recipe reruns exactly
 
     def check(self) -> None:
         if self.kl_weight < 0:
@@ -44,6 +45,18 @@ def build_autoencoder(net: dict[str, Any]) -> nn.Module:
         raise RecipeError(f"[autoencoder.net]: {e}") from None
 
 
+def start_narrow(ae: nn.Module, logvar: float) -> None:
+    """Zero the weights of the encoder's conv_out logvar channels and set their bias to `logvar`.
+    Meant to start the posterior narrow, but quant_conv (a 1x1 conv) follows conv_out and mixes the
+    moments, so it does not: the shipped ShapesWorld autoencoder was trained with it, which is why
+    it stays until that autoencoder is retrained; remove it then."""
+    conv = ae.encoder.conv_out
+    lat = conv.out_channels // 2  # moments are (mean, logvar) along channels
+    with torch.no_grad():
+        conv.weight[lat:].zero_()
+        conv.bias[lat:].fill_(logvar)
+
+
 @STAGES.register("autoencoder")
 class AutoencoderStage:
     """Image -> latent posterior -> image, trained with reconstruction + KL."""
@@ -53,6 +66,7 @@ class AutoencoderStage:
     def __init__(self, options: AutoencoderOptions, examples: torch.Tensor, seed: int, device: torch.device):
         self.options, self.device, self.seed = options, device, seed
         self.model = nn.ModuleDict({"autoencoder": build_autoencoder(options.net)}).to(device)
+        start_narrow(self.model["autoencoder"], options.init_logvar)
         self.examples = examples
 
     @classmethod
