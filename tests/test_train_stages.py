@@ -43,8 +43,11 @@ def test_autoencoder_then_latent_diffusion(tmp_path):
 
 def test_a_network_that_does_not_fit_the_data_is_named(tmp_path):
     recipe = load_recipe("tiny_pixel", ["diffusion.net.in_channels=4"])
-    with pytest.raises(RecipeError, match=r"\[diffusion.net\] does not fit the data \(images of shape \(3, 16, 16\)"):
+    with pytest.raises(RecipeError, match=r"\[diffusion.net\] in_channels = 4: must be 3 \(3 image channels\)"):
         Trainer(recipe, tmp_path, progress=False, log=lambda m: None).run()
+    recipe = load_recipe("tiny_pixel", ["diffusion.net.context_dim=16"])  # the text encoder is wider
+    with pytest.raises(RecipeError, match=r"\[diffusion.net\] does not fit the data \(images of shape \(3, 16, 16\)"):
+        Trainer(recipe, tmp_path / "ctx", progress=False, log=lambda m: None).run()
 
 
 @pytest.mark.parametrize("bf16", [True, False])
