@@ -79,6 +79,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in OUT")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after M minutes")
+    p.add_argument("--until-step", type=int, default=None, metavar="N",
+                   help="stop (with a checkpoint) at step N; the LR schedule still spans [train] steps, so "
+                        "a run stopped early by --max-minutes is rerun exactly with --until-step")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--list", action="store_true", help="list the bundled recipes")
@@ -97,7 +100,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UsageError("give a RECIPE and --out DIR (or --list)")
     try:
         return run_train(args.recipe, args.out, resume=args.resume, max_minutes=args.max_minutes,
-                         overrides=args.set, progress=not args.no_progress)
+                         until_step=args.until_step, overrides=args.set, progress=not args.no_progress)
     except RecipeError as e:
         raise UsageError(str(e)) from e
 

@@ -188,3 +188,21 @@ def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()]
     c = read_checkpoint(out / "checkpoints" / f"step_{steps[-1]:08d}")
     assert c.step == steps[-1] >= 1 and "(signal)" in stdout
+
+
+def test_cli_until_step_stops_early_on_the_full_schedule(tmp_path, capsys):
+    """--until-step N ends at step N with a checkpoint while the LR follows the recipe's whole schedule,
+    so a run cut short by --max-minutes can be rerun to the same step."""
+    small = ["--set", "train.batch_size=2", "--set", "diffusion.num_samples=2", "--set", "diffusion.sample_steps=2",
+             "--set", "train.log_every=1", "--set", "train.warmup_steps=0", "--no-progress"]
+    cut, full = tmp_path / "cut", tmp_path / "full"
+    assert main(["train", "tiny_pixel", "--out", str(cut), "--set", "train.steps=4", "--until-step", "2", *small]) == 0
+    assert main(["train", "tiny_pixel", "--out", str(full), "--set", "train.steps=4", *small]) == 0
+    cut_logs = [json.loads(line) for line in (cut / "metrics.jsonl").open()]
+    full_logs = [json.loads(line) for line in (full / "metrics.jsonl").open()]
+    assert [r["step"] for r in cut_logs] == [1, 2] and cut_logs == [{**r, "images_per_s": c["images_per_s"],
+                                                                   "elapsed_s": c["elapsed_s"]}
+                                                                  for r, c in zip(full_logs[:2], cut_logs)]
+    assert read_checkpoint(cut / "checkpoints" / "step_00000002").step == 2
+    capsys.readouterr()
+    assert main(["train", "tiny_pixel", "--out", str(tmp_path / "bad"), "--until-step", "0"]) == 2
