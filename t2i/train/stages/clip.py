@@ -24,6 +24,7 @@ from t2i.train.config import RecipeError, TableConfig, bad
 from t2i.train.registry import STAGES
 from t2i.train.rng import SampleRNG
 from t2i.train.stages.base import first_examples, image_grid
+from t2i.train.stages.noising import check_schedule, noised
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,7 @@ class CLIPOptions(TableConfig):
     num_samples: int = 8  # images and captions in the sample grid's similarity matrix
 
     def check(self) -> None:
-        from t2i.diffusion.schedules import BETA_SCHEDULES
-
-        if self.schedule not in BETA_SCHEDULES:
-            raise bad("schedule", self.schedule, f"must be one of {', '.join(sorted(BETA_SCHEDULES))}")
-        if self.timesteps < 2:
-            raise bad("timesteps", self.timesteps, "must be at least 2")
+        check_schedule(self.schedule, self.timesteps)
         if self.num_samples < 1:
             raise bad("num_samples", self.num_samples, "must be at least 1")
         if "noise_aware" in self.net:
@@ -92,17 +88,13 @@ class CLIPStage:
 
     def embed_images(self, x0: torch.Tensor, rng: SampleRNG | None) -> torch.Tensor:
         """Unit image embeddings (B, E); noise-aware: of x0 + sigma eps with per-sample sigma from rng (clean without rng)."""
-        from t2i.diffusion.denoisers import append_dims
-
         clip = self.model["clip"]
         if self.noising is None:
             return clip.encode_image(x0)
         if rng is None:
             sigma = torch.zeros(len(x0), dtype=torch.float64)  # (B,) t = 0
             return clip.encode_noisy_image(x0, sigma, self.schedule)
-        sigma = rng.each(lambda g: self.noising.sample_training_sigmas(1, g))  # (B,)
-        noise = rng.randn(tuple(x0.shape[1:])).to(x0)  # (B, 3, H, W)
-        x = x0 + append_dims(sigma.to(x0), x0.ndim) * noise  # VE form, as the diffusion loss noises
+        x, sigma = noised(x0, self.noising, rng)  # VE form, as the diffusion loss noises
         return clip.encode_noisy_image(x, sigma, self.schedule)
 
     def loss(self, batch: dict[str, Any], rng: SampleRNG) -> tuple[torch.Tensor, dict[str, float]]:
