@@ -33,6 +33,15 @@ def batch_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
 
 
+def timestep_inputs(x: torch.Tensor, sigma: torch.Tensor,
+                    schedule: DiscreteSchedule) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a timestep-indexed network sees of VE-form x (B, ...) at sigma (B,): the VP input
+    x / sqrt(sigma^2 + 1) and t = schedule.sigma_to_t(sigma) (float64 for float64 x, else float32)."""
+    t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    t = schedule.sigma_to_t(sigma).to(device=x.device, dtype=t_dtype)  # (B,)
+    return x / (append_dims(sigma.to(x), x.ndim) ** 2 + 1).sqrt(), t
+
+
 # --- Parameterizations: what a discrete-time network predicts ------------------------------------
 
 
@@ -88,11 +97,8 @@ class DiscreteDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         sigma = batch_sigma(sigma, x)
-        s = append_dims(sigma, x.ndim)
-        t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        t = self.schedule.sigma_to_t(sigma).to(device=x.device, dtype=t_dtype)
-        out = _call_net(self.net, x / (s**2 + 1).sqrt(), t, cond)
-        return self.prediction.to_x0(x, out.to(x.dtype), s)
+        out = _call_net(self.net, *timestep_inputs(x, sigma, self.schedule), cond)
+        return self.prediction.to_x0(x, out.to(x.dtype), append_dims(sigma, x.ndim))
 
     def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
         """Weight on |x0_hat - x0|^2 that makes the loss the network's plain target MSE."""

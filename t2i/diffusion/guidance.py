@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from t2i.diffusion.denoisers import Cond, Denoiser, append_dims, batch_sigma
+from t2i.diffusion.denoisers import Cond, Denoiser, append_dims, batch_sigma, timestep_inputs
 from t2i.diffusion.schedules import DiscreteSchedule
 
 # log p(y | x_t) as a function of (x, sigma, cond): x in VE form, sigma a (B,) tensor.
@@ -65,10 +65,7 @@ class TimestepNet:
         self.net, self.schedule = net, schedule
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        sigma = batch_sigma(sigma, x)  # (B,)
-        t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        t = self.schedule.sigma_to_t(sigma).to(device=x.device, dtype=t_dtype)  # (B,)
-        return self.net(x / (append_dims(sigma, x.ndim) ** 2 + 1).sqrt(), t)
+        return self.net(*timestep_inputs(x, batch_sigma(sigma, x), self.schedule))
 
 
 def any_of_log_prob(logits: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:

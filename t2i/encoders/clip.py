@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2i.diffusion.denoisers import append_dims
+from t2i.diffusion.denoisers import timestep_inputs
 from t2i.diffusion.schedules import DiscreteSchedule
 from t2i.encoders.text import TextEncoder, TextEncoderConfig
 from t2i.encoders.tokenizer import WordTokenizer
@@ -123,9 +123,7 @@ class CLIPModel(nn.Module):
 
     def encode_noisy_image(self, x: torch.Tensor, sigma: torch.Tensor, schedule: DiscreteSchedule) -> torch.Tensor:
         """VE-form x = x0 + sigma eps (B, 3, H, W), sigma (B,) -> unit embeddings (B, E), fed as DiscreteDenoiser feeds its net."""
-        t = schedule.sigma_to_t(sigma).to(device=x.device, dtype=torch.float32)  # (B,)
-        s = append_dims(torch.as_tensor(sigma).to(x), x.ndim)  # (B, 1, 1, 1)
-        return self.encode_image(x / (s**2 + 1).sqrt(), t)
+        return self.encode_image(*timestep_inputs(x, torch.as_tensor(sigma), schedule))
 
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         """Captions -> unit embeddings (B, E)."""
