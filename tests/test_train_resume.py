@@ -55,6 +55,17 @@ def test_resume_is_exact(tmp_path):
     assert (tmp_path / "split" / "checkpoints" / "step_00000006" / "tokenizer.json").is_file()
 
 
+def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
+    """Forgetting --resume must not restart from step 0 over an earlier run's checkpoints."""
+    recipe = load_recipe("tiny_pixel", RESUME)
+    first = Trainer(recipe, tmp_path / "run", until_step=3, progress=False, log=lambda m: None).run()
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    with pytest.raises(TrainingError, match="already holds checkpoints.*--resume"):
+        Trainer(recipe, tmp_path / "run", progress=False, log=lambda m: None).run()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+    assert read_checkpoint(first.checkpoint).step == 3
+
+
 # The kill test's run: the RESUME features (accumulation, dropout, caption dropout, epoch boundary) over
 # 12 steps with a checkpoint every 2, on the CPU in float32.
 KILL_STEPS, KILL_AT = 12, 4

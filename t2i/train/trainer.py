@@ -118,6 +118,10 @@ class Trainer:
             resume_from = None if chosen is None else Path(chosen)
             if resume_from is None:
                 self.log(f"--resume: no complete checkpoint in {self.ckpt_root}; starting from step 0")
+        elif any(self.ckpt_root.glob("step_*")):
+            # a fresh run here would overwrite (and, with keep_checkpoints, delete) the earlier run's work
+            raise TrainingError(f"{self.out} already holds checkpoints from an earlier run: pass --resume to "
+                                f"continue it, or choose another --out (or delete {self.ckpt_root})")
         self.dataset = build_dataset(self.recipe.data)
         if len(self.dataset) < self.global_micro:
             raise TrainingError(f"the dataset has {len(self.dataset)} samples, fewer than one global "
