@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from t2i.data.labels import (NUM_LABELS, PAIR_INDEX, labels_from_caption, labels_from_metadata, labels_from_prompt,
+from t2i.encoders.labels import (NUM_LABELS, PAIR_INDEX, labels_from_caption, labels_from_metadata, labels_from_prompt,
                              labels_from_prompts, mentions)
 from t2i.data.shapes import ShapesWorld
 from t2i.diffusion import (DiscreteDenoiser, DiscreteSchedule, GradientGuidance, TimestepNet, any_of_log_prob,

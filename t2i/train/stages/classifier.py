@@ -3,7 +3,7 @@
 Images are noised as the diffusion stage noises them: sigma drawn per sample by
 `DiscreteDenoiser.sample_training_sigmas` (timesteps uniform over the named schedule), x = x0 + sigma eps,
 fed to the network as x / sqrt(sigma^2 + 1) with t = sigma_to_t(sigma) (`TimestepNet`). Targets are the
-(colour, shape) pairs of each image (t2i/data/labels.py), read from the batch's captions, which name every
+(colour, shape) pairs of each image (t2i/encoders/labels.py), read from the batch's captions, which name every
 object (pairs of a colour-less "three stars" caption are masked out); the loss is masked BCE.
 """
 
@@ -44,7 +44,7 @@ class ClassifierOptions(TableConfig):
 
 def build_classifier(options: ClassifierOptions) -> nn.Module:
     """A NoisyClassifier over the 40 ShapesWorld (colour, shape) pairs; bad fields name the table."""
-    from t2i.data.labels import NUM_LABELS
+    from t2i.encoders.labels import NUM_LABELS
     from t2i.nn.classifier import ClassifierConfig, NoisyClassifier
 
     try:
@@ -55,7 +55,7 @@ def build_classifier(options: ClassifierOptions) -> nn.Module:
 
 def caption_targets(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 40) multi-hot targets and (B, 40) bool known-mask from a batch's captions."""
-    from t2i.data.labels import labels_from_caption
+    from t2i.encoders.labels import labels_from_caption
 
     y, known = zip(*(labels_from_caption(c) for c in captions))
     return torch.stack(y), torch.stack(known)
