@@ -42,10 +42,13 @@ def _load_path(path: Path, config_dir: str | os.PathLike | None):
     from t2i.systems import SYSTEMS
 
     if path.is_dir():
-        if (path / "checkpoints").is_dir() or (path / "manifest.json").is_file():
+        if is_training_run(path):
             return system_from_training_run(path)
         if (path / "system.json").is_file():
             kind = json.loads((path / "system.json").read_text()).get("system")
+            if _guide_kind(path) is not None:
+                raise ValueError(f"{path}: a {_guide_kind(path)} guide, not a system: give it to a GLIDE system "
+                                 "as guide= (or --guide PATH)")
             if kind not in SYSTEMS:
                 raise ValueError(f"{path}: system.json names an unknown system {kind!r}")
             return SYSTEMS[kind].load(path)
@@ -91,18 +94,29 @@ def output_paths(out: str | os.PathLike, n: int) -> tuple[list[Path], Path | Non
     return [out.with_name(f"{out.stem}-{i}.png") for i in range(n)], out.with_name(f"{out.stem}-grid.png")
 
 
+def check_guidance_type(system, guidance_type: str) -> None:
+    """A ValueError unless the system samples with this guidance type (GLIDE: cfg, clip, classifier)."""
+    if guidance_type not in getattr(system, "guidance_types", ("cfg",)):
+        raise ValueError(f"--guidance-type {guidance_type} needs a GLIDE system; {getattr(system, 'name', '?')!r} is "
+                         f"{type(system).__name__}, which takes classifier-free guidance only")
+
+
 def generate_files(system, prompt: str, out: str | os.PathLike, *, negative_prompt: str = "", num_images: int = 1,
                    seed: int = 0, steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
                    width: int | None = None, height: int | None = None, image=None, mask=None, strength: float = 1.0,
-                   progress: bool = True) -> list[Path]:
-    """Generate and write PNGs carrying their parameters (and a grid when num_images > 1); return the paths."""
+                   guidance_type: str = "cfg", guide=None, progress: bool = True) -> list[Path]:
+    """Generate and write PNGs carrying their parameters (and a grid when num_images > 1); return the paths.
+    guidance_type "clip" / "classifier" (and `guide`) are for systems that list them in `guidance_types` (GLIDE)."""
     from t2i.systems.base import image_grid, save_png
 
     if num_images < 1:
         raise ValueError(f"the number of images must be at least 1, got {num_images}")
+    gradient = {} if guidance_type == "cfg" and guide is None else {"guidance_type": guidance_type, "guide": guide}
+    if gradient:
+        check_guidance_type(system, guidance_type)
     images = system.generate(prompt, negative_prompt=negative_prompt, num_images=num_images, seed=seed, steps=steps,
                              sampler=sampler, guidance=guidance, width=width, height=height, image=image, mask=mask,
-                             strength=strength, progress=progress)
+                             strength=strength, progress=progress, **gradient)
     paths, grid = output_paths(out, len(images))
     written = [save_png(im, p, im.info) for im, p in zip(images, paths)]
     if grid is not None:
@@ -121,16 +135,24 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
             config_dir: str | os.PathLike | None = None, dtype: str = "float32") -> Path:
     """Read a model in any format t2i reads and write it as a t2i folder, a diffusers folder or one
     original-layout .safetensors file (default: diffusers for a t2i folder, t2i for anything else);
-    a t2i folder may store its weights as float16 or bfloat16 (`dtype`)."""
+    a t2i folder may store its weights as float16 or bfloat16 (`dtype`). A guide (a noise-aware clip or
+    classifier run, or a guide folder) is written as a guide folder, e.g. a GLIDE folder's guide_clip/."""
     src, dst = Path(src), Path(dst)
     if dtype not in CONVERT_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(CONVERT_DTYPES)}")
+    if dst.exists() and (dst.is_file() or any(dst.iterdir())):
+        raise ValueError(f"{dst} already exists and is not empty; give a new path")
+    guide_kind = _guide_kind(src)
+    if guide_kind is not None:
+        if to not in (None, "t2i"):
+            raise ValueError(f"{src} is a {guide_kind} guide: it converts to a t2i guide folder only (--to t2i)")
+        import torch
+
+        return load_guide(src).save(dst, dtype=getattr(torch, dtype))
     if to is None:
         to = "diffusers" if (src / "system.json").is_file() else "t2i"  # a diffusers, single-file or training run
     if to not in CONVERT_FORMATS:
         raise ValueError(f"unknown target format {to!r}; choose from {', '.join(CONVERT_FORMATS)}")
-    if dst.exists() and (dst.is_file() or any(dst.iterdir())):
-        raise ValueError(f"{dst} already exists and is not empty; give a new path")
     if dtype != "float32" and to != "t2i":
         raise ValueError(f"--dtype {dtype} is for t2i folders; diffusers and single-file exports are float32")
     system = load(src, config_dir=config_dir)
@@ -156,15 +178,31 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
 _DEFAULT_BETAS = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "cosine": (0.00085, 0.012)}
 
 
-def _diffusion_run(run: Path):
-    """(checkpoint path, checkpoint, its [diffusion] options) of a `t2i train` diffusion run or checkpoint
-    folder (the newest good checkpoint) whose network is the t2i UNet."""
+def is_training_run(path: Path) -> bool:
+    """A `t2i train` run folder (checkpoints/) or one of its checkpoint folders (manifest.json)."""
+    return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "manifest.json").is_file())
+
+
+def _run_checkpoint(run: Path):
+    """(checkpoint path, checkpoint) of a `t2i train` run (its newest good checkpoint) or checkpoint folder."""
     from t2i.train.checkpoint import latest_checkpoint, read_checkpoint
 
     ckpt_path = run if (run / "manifest.json").is_file() else latest_checkpoint(run / "checkpoints", log=lambda m: None)
     if ckpt_path is None:
         raise ValueError(f"{run}: no complete checkpoint in {run / 'checkpoints'}")
-    ckpt = read_checkpoint(ckpt_path)
+    return ckpt_path, read_checkpoint(ckpt_path)
+
+
+def _diffusion_run(run: Path):
+    """(checkpoint path, checkpoint, its [diffusion] options) of a `t2i train` diffusion run or checkpoint
+    folder (the newest good checkpoint) whose network is the t2i UNet."""
+    ckpt_path, ckpt = _run_checkpoint(run)
+    from t2i.systems.guides import GUIDES
+
+    stage = ckpt.config.get("stage")
+    if stage in GUIDES:
+        raise ValueError(f"{ckpt_path}: a {stage} run is a guide, not a system: write it into a GLIDE folder with "
+                         f"`t2i convert {run} GLIDE_FOLDER/guide_{stage}`")
     o = ckpt.config.get("diffusion") or {}
     if ckpt.config.get("stage") != "diffusion" or o.get("text_encoder", "word") not in ("word", "minilm"):
         raise ValueError(f"{ckpt_path}: not a text-conditioned diffusion run (stage 'diffusion' with a word or "
@@ -174,12 +212,19 @@ def _diffusion_run(run: Path):
     return ckpt_path, ckpt, o
 
 
+def _run_schedule(o: dict):
+    """The ScheduleConfig of a run's options (schedule, timesteps), with the betas its stage trained on."""
+    from t2i.systems import ScheduleConfig
+
+    name = o.get("schedule", "cosine")
+    return ScheduleConfig(name, int(o.get("timesteps", 1000)), *_DEFAULT_BETAS[name])
+
+
 def _run_settings(o: dict):
     """The ScheduleConfig and SamplingConfig of a run's [diffusion] options."""
-    from t2i.systems import SamplingConfig, ScheduleConfig
+    from t2i.systems import SamplingConfig
 
-    beta_start, beta_end = _DEFAULT_BETAS[o["schedule"]]
-    return (ScheduleConfig(o["schedule"], int(o.get("timesteps", 1000)), beta_start, beta_end),
+    return (_run_schedule(o),
             SamplingConfig(sampler=o.get("sampler", "dpmpp_2m"), steps=int(o.get("sample_steps", 20)),
                            guidance=float(o.get("guidance", 3.0)), spacing="leading", offset=0))
 
@@ -261,3 +306,67 @@ def system_from_training_runs(base_run: str | os.PathLike, upsampler_run: str | 
     for stage, (_, _, ckpt, ckpt_path) in zip(system.stages, stages):
         _load_ema(ckpt, ckpt_path, {"net": stage.unet, "text": stage.text_encoder})
     return system.eval()
+
+
+
+# --- guides: a noise-aware CLIP or classifier for GLIDE's gradient guidance ----------------------------
+
+
+def _guide_kind(path: Path) -> str | None:
+    """"clip" / "classifier" when path is a guide folder or a `t2i train` run (or checkpoint) of a guide stage."""
+    from t2i.systems.guides import GUIDES, folder_guide_kind
+
+    if is_training_run(path):  # its newest checkpoint's config says (loading it verifies the checkpoint)
+        from t2i.train.checkpoint import list_checkpoints
+
+        ckpts = [path] if (path / "manifest.json").is_file() else list_checkpoints(path / "checkpoints")
+        config = ckpts[-1] / "config.json" if ckpts else None
+        stage = json.loads(config.read_text()).get("stage") if config is not None and config.is_file() else None
+        return stage if stage in GUIDES else None
+    return folder_guide_kind(path)
+
+
+def load_guide(path: str | os.PathLike, kind: str | None = None):
+    """A GLIDE guide from a guide folder or a `t2i train` noise-aware clip / classifier run; with `kind`,
+    refuse a guide of another kind. Raises ValueError with a one-line reason."""
+    from t2i.systems.guides import check_guide_kind, load_guide as load_guide_folder
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"guide '{path}': no such folder")
+    if not is_training_run(path):
+        return load_guide_folder(path, kind)
+    check_guide_kind(path, _guide_kind(path), kind)
+    return guide_from_training_run(path)
+
+
+def guide_from_training_run(run: str | os.PathLike):
+    """The guide of a `t2i train` clip (noise-aware) or classifier run: EMA weights of its newest good
+    checkpoint and the schedule it was trained on; `t2i convert RUN FOLDER` saves it as a guide folder."""
+    from t2i.systems.guides import GUIDES, GuideConfig
+
+    run = Path(run)
+    ckpt_path, ckpt = _run_checkpoint(run)
+    stage = ckpt.config.get("stage")
+    if stage not in GUIDES:
+        raise ValueError(f"{ckpt_path}: a {stage!r} run, not a guide (a noise-aware clip run or a classifier run)")
+    options = ckpt.config.get(stage) or {}
+    net = _guide_network(stage, options, ckpt)
+    try:
+        config = GuideConfig(stage, net.config.to_dict(), _run_schedule(options))
+    except ValueError as e:
+        raise ValueError(f"{ckpt_path}: {e}") from None
+    guide = GUIDES[stage](config, net, name=run.name)
+    _load_ema(ckpt, ckpt_path, {stage: guide.net})
+    return guide.eval().requires_grad_(False)
+
+
+def _guide_network(stage: str, options: dict, ckpt):
+    """The network a guide stage trains, built as the stage builds it (its [clip] / [classifier] table)."""
+    if stage == "clip":
+        from t2i.train.stages.clip import CLIPOptions, build_clip
+
+        return build_clip(CLIPOptions.from_dict(options), ckpt.extra("tokenizer.json").decode())
+    from t2i.train.stages.classifier import ClassifierOptions, build_classifier
+
+    return build_classifier(ClassifierOptions.from_dict(options))

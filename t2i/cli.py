@@ -8,6 +8,7 @@ import sys
 
 
 DEMO_PROMPT = "a red circle to the left of a blue square"
+GUIDANCE_TYPES = ("cfg", "clip", "classifier")  # t2i.systems.glide.GUIDANCE_TYPES, without importing torch to parse
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -116,7 +117,13 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--sampler", default=None, help="ddim, ddpm, euler, euler_a, heun, dpmpp_2m (default: the model's)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale; <= 1 runs without guidance (default: the model's)")
+                   help="guidance scale of --guidance-type: classifier-free (<= 1 runs without guidance) or "
+                        "of the guide's gradient (0: none) (default: the model's)")
+    p.add_argument("--guidance-type", choices=GUIDANCE_TYPES, default="cfg",
+                   help="GLIDE: cfg (classifier-free), clip (noisy-CLIP gradient) or classifier (noise-aware "
+                        "classifier gradient); the guide is the model folder's guide_<type>/ unless --guide")
+    p.add_argument("--guide", metavar="PATH", help="GLIDE --guidance-type clip|classifier: a guide folder or a "
+                                                   "`t2i train` clip / classifier run")
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
@@ -152,7 +159,7 @@ def _add_inpaint(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from t2i.api import generate_files, load, open_image
+    from t2i.api import check_guidance_type, generate_files, load, load_guide, open_image
     from t2i.diffusion import SAMPLERS
 
     if not args.prompt.strip():
@@ -163,6 +170,10 @@ def _run_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     if args.mask is not None and args.image is None:
         raise UsageError("--mask needs an --image to inpaint")
+    if args.guide is not None and args.guidance_type == "cfg":
+        raise UsageError("--guide needs --guidance-type clip or classifier")
+    if args.guide is not None and not os.path.exists(args.guide):
+        raise UsageError(f"--guide '{args.guide}': no such folder")
     strength = args.strength if args.strength is not None else (0.75 if args.mask is None else 1.0)
     try:
         image = open_image(args.image, "init image") if args.image else None
@@ -177,11 +188,20 @@ def _run_generate(args: argparse.Namespace) -> int:
     except (ValueError, OSError, KeyError) as e:
         msg = str(e) if args.model is None else f"cannot load model '{args.model}': {e}"
         raise UsageError(msg.splitlines()[0] if msg else repr(e)) from None
+    guide = None
+    try:
+        if args.guidance_type != "cfg":
+            check_guidance_type(system, args.guidance_type)
+        if args.guide is not None:
+            guide = load_guide(args.guide, args.guidance_type)
+    except (ValueError, OSError, KeyError) as e:
+        raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
     try:
         paths = generate_files(system, args.prompt, args.out, negative_prompt=args.negative,
                                num_images=args.num_images, seed=args.seed, steps=args.steps, sampler=args.sampler,
                                guidance=args.guidance, width=args.width, height=args.height, image=image, mask=mask,
-                               strength=strength if image is not None else 1.0, progress=not args.no_progress)
+                               strength=strength if image is not None else 1.0, guidance_type=args.guidance_type,
+                               guide=guide, progress=not args.no_progress)
     except ValueError as e:
         raise UsageError(str(e)) from None
     for path in paths:
@@ -191,7 +211,9 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a model between t2i, diffusers and single-file layouts")
-    p.add_argument("src", help="a t2i folder, a diffusers folder or a single-file .safetensors")
+    p.add_argument("src", help="a t2i folder, a diffusers folder, a single-file .safetensors or a `t2i train` run "
+                                "(a noise-aware clip or classifier run becomes a GLIDE guide folder, e.g. "
+                                "GLIDE_FOLDER/guide_clip)")
     p.add_argument("dst", help="where to write it (a new folder, or a .safetensors file for --to single-file)")
     p.add_argument("--to", choices=("t2i", "diffusers", "single-file"), default=None,
                    help="target layout (default: diffusers for a t2i folder, t2i otherwise)")

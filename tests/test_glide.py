@@ -32,10 +32,10 @@ def stage_config(in_channels: int = 3, size: int = BASE, lowres: int = 0, inpain
         sample_size=size, lowres_size=lowres, lowres_noise=0.1 if lowres else 0.0, inpaint=inpaint)
 
 
-def tiny_glide(upsampler: bool = False, inpaint: bool = False, seed: int = 0) -> GLIDE:
+def tiny_glide(upsampler: bool = False, inpaint: bool = False, seed: int = 0, size: int = BASE) -> GLIDE:
     torch.manual_seed(seed)
-    up = stage_config(6, 4 * BASE, BASE, guidance=1.0) if upsampler else None
-    config = GLIDEConfig(stage_config(7 if inpaint else 3, inpaint=inpaint), up)
+    up = stage_config(6, 4 * size, size, guidance=1.0) if upsampler else None
+    config = GLIDEConfig(stage_config(7 if inpaint else 3, size, inpaint=inpaint), up)
     system = GLIDE.build(config, WordTokenizer.for_shapes(), name="tiny-glide")
     with torch.no_grad():  # fresh weights zero some layers: noise everywhere so every path matters
         for p in system.parameters():

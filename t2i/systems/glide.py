@@ -4,7 +4,7 @@ its token states are concatenated to every attention layer's keys and values (at
 "adm"). An optional upsampler stage (64 -> 256 px) takes the base image, noise-augmented, as extra
 input channels; an inpainting model takes the mask and the masked image the same way. Guidance is
 classifier-free by default, or the gradient of an external log-probability (noisy CLIP, a
-noise-aware classifier).
+noise-aware classifier; `t2i.systems.guides`), which a system folder keeps in guide_clip/ and guide_classifier/.
 
 Composition only: the math is `t2i.diffusion`, the networks `t2i.nn`, the encoders `t2i.encoders`.
 """
@@ -31,6 +31,7 @@ from t2i.systems.base import (SamplingConfig, ScheduleConfig, StepBar, TextConfi
                               encode_prompts, image_to_tensor, labelled_images, load_module, load_text_encoder,
                               mask_blend, mask_to_tensor, read_system_json, read_tokenizer, save_module,
                               save_text_encoder, write_system_json)
+from t2i.systems.guides import Guide, guide_folder, load_guide
 
 FORMAT = 1  # version of the t2i GLIDE folder layout written by `save`
 GUIDANCE_TYPES = ("cfg", "clip", "classifier")
@@ -154,10 +155,13 @@ class GLIDEStage(nn.Module):
 class GLIDE(nn.Module):
     """GLIDE: `generate(prompt, ...)` -> PIL images from the base stage, enlarged by the upsampler if any."""
 
+    guidance_types = GUIDANCE_TYPES  # what `guidance_type` accepts (systems without it: classifier-free only)
+
     def __init__(self, config: GLIDEConfig, base: GLIDEStage, upsampler: GLIDEStage | None = None,
                  name: str = "glide"):
         super().__init__()
         self.config, self.name, self.base, self.upsampler = config, name, base, upsampler
+        self.folder: Path | None = None  # the folder `load` read, where guide_clip/ and guide_classifier/ are found
 
     @classmethod
     def build(cls, config: GLIDEConfig, tokenizer: Any, upsampler_tokenizer: Any = None,
@@ -176,29 +180,58 @@ class GLIDE(nn.Module):
 
     # --- sampling -----------------------------------------------------------------------------------
 
+    def resolve_guide(self, guidance_type: str, guide: Guide | LogProb | str | Path | None) -> Guide | LogProb | None:
+        """The guide of a guidance type: None for "cfg"; else `guide` (a Guide, a guide folder, or a log-probability
+        callable (x, sigma, cond) -> (B,)), by default the folder's guide_<type>/. A loaded Guide is moved to
+        the system's device. Raises ValueError naming the expected folder when there is none."""
+        if guidance_type not in GUIDANCE_TYPES:
+            raise ValueError(f"unknown guidance type {guidance_type!r}; choose from {', '.join(GUIDANCE_TYPES)}")
+        if guidance_type == "cfg":
+            if guide is not None:
+                raise ValueError("guidance_type 'cfg' (classifier-free) takes no guide; give guidance_type "
+                                 "'clip' or 'classifier' with it")
+            return None
+        if guide is None:
+            if self.folder is None:
+                raise ValueError(f"guidance_type {guidance_type!r} needs guide= (a guide, its folder or a callable "
+                                 f"(x, sigma, cond) -> (B,)) or --guide PATH: this system was not loaded from a "
+                                 f"folder with guide_{guidance_type}/")
+            guide = guide_folder(self.folder, guidance_type)
+            if not guide.is_dir():
+                raise ValueError(f"no {guidance_type} guide: {guide} does not exist; write one there with "
+                                 f"`t2i convert RUN {guide}` or give one (guide=, --guide PATH)")
+        if isinstance(guide, (str, Path)):
+            guide = load_guide(guide, guidance_type)
+        if isinstance(guide, Guide):
+            if guide.kind != guidance_type:
+                raise ValueError(f"a {guide.kind} guide cannot give {guidance_type} guidance")
+            return guide.to(self.device)
+        if not callable(guide):
+            raise ValueError(f"guide must be a Guide, a guide folder or a callable (x, sigma, cond) -> (B,), "
+                             f"not {type(guide).__name__}")
+        return guide
+
     @torch.no_grad()
     def sample(self, prompt: str | list[str], *, negative_prompt: str = "", num_images: int = 1, seed: int = 0,
                steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
                width: int | None = None, height: int | None = None, image: Image.Image | None = None,
                mask: Image.Image | None = None, strength: float = 1.0, guidance_type: str = "cfg",
-               guide: LogProb | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+               guide: Guide | LogProb | str | Path | None = None,
+               progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1], B = prompts x num_images, all noise from one CPU generator
         seeded with `seed`. width / height are the final size (the upsampler's output when there is one).
         `image` alone: img2img at `strength`; with `mask` (white = repaint): inpainting, the kept region
         blended in after every step of every stage. `steps`, `sampler`, `guidance`, `guidance_type` and
         `guide` apply to the base stage; the upsampler samples with its own settings.
-        guidance_type "clip" / "classifier": D + guidance * sigma^2 grad log p from `guide(x, sigma, cond)`
-        (e.g. noisy CLIP's image-caption score, a noise-aware classifier's log-probability) instead of
-        classifier-free guidance."""
+        guidance_type "clip" / "classifier": D + guidance * sigma^2 grad log p(prompt | x_t) instead of
+        classifier-free guidance, from `guide` (`resolve_guide`: a Guide or guide folder, whose log_prob is
+        built for each image's prompt, or a callable (x, sigma, cond) -> (B,); default the folder's
+        guide_<type>/)."""
         cfg = self.config
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ValueError("the prompt is empty: give the text to draw")
-        if guidance_type not in GUIDANCE_TYPES:
-            raise ValueError(f"unknown guidance type {guidance_type!r}; choose from {', '.join(GUIDANCE_TYPES)}")
-        if (guidance_type == "cfg") != (guide is None):
-            raise ValueError(f"guidance_type {guidance_type!r} needs guide= (a log-probability callable "
-                             "(x, sigma, cond) -> (B,)), and 'cfg' takes none")
+        guide = self.resolve_guide(guidance_type, guide)
         if mask is not None and image is None:
             raise ValueError("inpainting needs an init image as well as a mask")
         if mask is not None and mask.size != image.size:
@@ -217,6 +250,11 @@ class GLIDE(nn.Module):
         batch = [p for p in prompts for _ in range(num_images)]
         generator = torch.Generator().manual_seed(seed)
         base_size = (height // cfg.factor, width // cfg.factor)
+        if isinstance(guide, Guide):
+            if base_size != (guide.image_size, guide.image_size):
+                raise ValueError(f"the {guide.kind} guide sees {guide.image_size} px images but the base stage "
+                                 f"samples {base_size[1]}x{base_size[0]} px")
+            guide = guide.log_prob(batch)
         settings = dataclasses.replace(cfg.base.sampling, **{k: v for k, v in (("sampler", sampler), ("steps", steps))
                                                              if v is not None})
         scale = cfg.base.sampling.guidance if guidance is None else guidance
@@ -277,9 +315,11 @@ class GLIDE(nn.Module):
                  steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
                  width: int | None = None, height: int | None = None, image: Image.Image | None = None,
                  mask: Image.Image | None = None, strength: float = 1.0, guidance_type: str = "cfg",
-                 guide: LogProb | None = None, progress: bool = False) -> list[Image.Image]:
-        """PIL images; each carries its generation parameters in `.info` (written by `save_png`)."""
+                 guide: Guide | LogProb | str | Path | None = None, progress: bool = False) -> list[Image.Image]:
+        """PIL images; each carries its generation parameters in `.info` (written by `save_png`).
+        guidance_type "clip" / "classifier" takes `guide` or the folder's guide_<type>/ (`sample`)."""
         base = self.config.base.sampling
+        guide = self.resolve_guide(guidance_type, guide)
         steps = steps or base.steps
         total = min(int(steps * strength), steps) if image is not None else steps
         bar = StepBar(total + (self.config.upsampler.sampling.steps if self.upsampler is not None else 0))
@@ -294,6 +334,8 @@ class GLIDE(nn.Module):
         meta = {"negative_prompt": negative_prompt, "seed": str(seed), "sampler": sampler or base.sampler,
                 "steps": str(steps), "model": self.name, "guidance_type": guidance_type,
                 "guidance": str(base.guidance if guidance is None else guidance)}
+        if isinstance(guide, Guide):
+            meta["guide"] = guide.name
         if image is not None:
             meta.update(mode="inpaint" if mask is not None else "img2img", strength=str(strength))
         return labelled_images(x, prompts, num_images, meta)
@@ -321,4 +363,6 @@ class GLIDE(nn.Module):
         for part, stage in zip(("base", "upsampler"), stages):
             load_module(stage.unet, folder / part / "unet.safetensors")
             load_text_encoder(stage.config.text, stage.text_encoder, folder / part)
-        return cls(config, *stages, name=name or meta.get("name", "glide")).eval()
+        system = cls(config, *stages, name=name or meta.get("name", "glide")).eval()
+        system.folder = folder
+        return system
