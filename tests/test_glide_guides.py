@@ -3,6 +3,7 @@ exported with `t2i convert` into a tiny GLIDE folder's guide_clip/ and guide_cla
 identically, and used by `t2i generate --guidance-type clip|classifier` (found in the folder, or --guide PATH)
 and `system.generate(..., guidance_type=...)`; every misuse is a one-line error with exit status 2."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -162,3 +163,28 @@ def test_guidance_errors_are_one_line(folder, runs, tmp_path, capsys):
         t2i.load(folder).sample("a red circle", guide=folder / "guide_clip")
     meta = json.loads((folder / "guide_clip" / "system.json").read_text())
     assert meta["system"] == "clip_guide" and meta["config"]["kind"] == "clip"
+
+
+def test_glide_guidance_benchmark_smoke(folder, tmp_path, capsys):
+    """benchmarks/glide_guidance.py on the tiny folder, one prompt per category: rows for every type, their
+    network evaluations per image (cfg: 2 per step; gradient guidance at --match unet: twice the steps of
+    1 UNet + 1 guide evaluation), scores in range, and a plot or a message saying why there is none."""
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "glide_guidance.py")
+    spec = importlib.util.spec_from_file_location("glide_guidance", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    plot = tmp_path / "plot.png"
+    rows = bench.main(["--model", str(folder), "--limit", "1", "--n-per-prompt", "2", "--steps", "2",
+                       "--reference", "8", "--cfg-scales", "1", "3", "--clip-scales", str(GUIDANCE),
+                       "--classifier-scales", str(GUIDANCE), "--plot", str(plot), "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert "| guidance | scale | steps |" in out and "| classifier | 100 | 4 |" in out
+    cost = {(r["type"], r["scale"]): (r["steps"], r["unet_evals"], r["guide_evals"]) for r in rows}
+    assert cost == {("cfg", 1.0): (2, 2, 0), ("cfg", 3.0): (2, 4, 0), ("clip", GUIDANCE): (4, 4, 4),
+                    ("classifier", GUIDANCE): (4, 4, 4)}
+    assert all(0 <= r["overall"] <= 1 and r["fd"] >= 0 and r["images"] == 14 and r["seconds"] > 0 for r in rows)
+    assert json.loads((tmp_path / "r.json").read_text()) == rows
+    assert plot.is_file() if importlib.util.find_spec("matplotlib") else "matplotlib is not installed" in out
+    rows = bench.main(["--model", str(folder), "--types", "clip", "--match", "steps", "--limit", "1", "--steps", "2",
+                       "--reference", "8", "--clip-scales", "1", "--plot", ""])
+    assert [(r["type"], r["steps"], r["unet_evals"], r["guide_evals"]) for r in rows] == [("clip", 2, 2, 2)]
