@@ -1,4 +1,4 @@
-"""GLIDE's guidance comparison (Nichol et al. 2022, sec. 3.3 and 5.1: classifier-free vs CLIP guidance, and
+"""GLIDE's guidance comparison (Nichol et al. 2022: classifier-free vs CLIP guidance, and
 classifier guidance) on ShapesEval at matched sampling cost. For a GLIDE folder with guide_clip/ and
 guide_classifier/ (`t2i convert RUN FOLDER/guide_<type>`), sweep each type's guidance scale and print a
 markdown row per (type, scale): ShapesEval per category and overall, the Fréchet distance of ShapesWorld
