@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from t2i.data.scene import Obj, Scene, relation
+from t2i.encoders.shapes_words import NUMBER_WORDS, PLURALS, RELATION_WORDS
 
-NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
-PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars", "cross": "crosses"}
-RELATION_WORDS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 
 
 def article(word: str) -> str:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from t2i.encoders.shapes_words import BACKGROUND_NAMES, COLOR_NAMES, POSITIONS, SHAPES, SIZE_NAMES
+
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "black": (20, 20, 20),
@@ -25,19 +27,12 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "pink": (245, 120, 185),
     "brown": (125, 80, 40),
 }
-COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 SIZES: dict[str, float] = {"small": 0.09, "medium": 0.13, "large": 0.18}
-SIZE_NAMES: tuple[str, ...] = tuple(SIZES)
+assert (tuple(BACKGROUNDS), tuple(COLORS), tuple(SIZES)) == (BACKGROUND_NAMES, COLOR_NAMES, SIZE_NAMES)
 SIZE_JITTER = 0.01
 MAX_OBJECTS = 4
 MARGIN = 0.02  # to the canvas edge, and between bounding circles
 RELATION_MIN = 0.15
-POSITIONS: tuple[str, ...] = (
-    "top left", "top", "top right",
-    "left", "center", "right",
-    "bottom left", "bottom", "bottom right",
-)
 DEFAULT_HELD_OUT: frozenset[tuple[str, str]] = frozenset(
     {("purple", "circle"), ("orange", "square"), ("green", "star"), ("yellow", "cross")}
 )

@@ -13,60 +13,36 @@ Labels are presence only: counts, sizes, positions and relations are not in this
 from __future__ import annotations
 
 import re
-from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
+from t2i.encoders.shapes_words import COLOR_NAMES, PLURALS, SHAPES
 
-class Vocabulary(NamedTuple):
-    colors: tuple[str, ...]  # ShapesWorld's colour names
-    pairs: tuple[tuple[str, str], ...]  # the 40 labels: (colour, shape), colour-major
-    index: dict[tuple[str, str], int]  # pair -> label
-    shape_words: dict[str, str]  # shape word or plural -> shape
-
-
-@lru_cache(maxsize=None)
-def vocabulary() -> Vocabulary:
-    """ShapesWorld's caption vocabulary as labels, imported when first needed (as `WordTokenizer.for_shapes`
-    does): the caption grammar lives with the data, a floor above this one."""
-    from t2i.data.captions import PLURALS
-    from t2i.data.scene import COLOR_NAMES, SHAPES
-
-    pairs = tuple((c, s) for c in COLOR_NAMES for s in SHAPES)
-    return Vocabulary(COLOR_NAMES, pairs, {p: i for i, p in enumerate(pairs)},
-                      {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}})
-
-
-def __getattr__(name: str) -> Any:
-    """The module constants PAIRS, PAIR_INDEX and NUM_LABELS (40), read from `vocabulary()`."""
-    v = vocabulary()
-    constants = {"PAIRS": v.pairs, "PAIR_INDEX": v.index, "NUM_LABELS": len(v.pairs)}
-    if name not in constants:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return constants[name]
+PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOR_NAMES for s in SHAPES)  # the 40 labels, colour-major
+PAIR_INDEX: dict[tuple[str, str], int] = {p: i for i, p in enumerate(PAIRS)}
+NUM_LABELS = len(PAIRS)
+SHAPE_WORDS: dict[str, str] = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}}  # word or plural -> shape
 
 
 def labels_from_metadata(meta: dict[str, Any]) -> torch.Tensor:
     """(40,) float multi-hot of the (colour, shape) pairs in a ShapesWorld sample's scene."""
-    v = vocabulary()
-    y = torch.zeros(len(v.pairs))
+    y = torch.zeros(NUM_LABELS)
     for o in meta["scene"]["objects"]:
-        y[v.index[(o["color"], o["shape"])]] = 1.0
+        y[PAIR_INDEX[(o["color"], o["shape"])]] = 1.0
     return y
 
 
 def mentions(prompt: str) -> list[tuple[str | None, str]]:
     """(colour or None, shape) of each object phrase, in order: "a circle that is red" -> [("red", "circle")]."""
-    v = vocabulary()
     words = re.findall(r"[a-z]+", prompt.lower())
     out: list[tuple[str | None, str]] = []
     pending: str | None = None
     for i, w in enumerate(words):
-        if w in v.shape_words:
-            out.append((pending, v.shape_words[w]))
+        if w in SHAPE_WORDS:
+            out.append((pending, SHAPE_WORDS[w]))
             pending = None
-        elif w in v.colors:
+        elif w in COLOR_NAMES:
             if words[max(0, i - 2):i] == ["that", "is"] and out and out[-1][0] is None:
                 out[-1] = (w, out[-1][1])  # "a star that is brown"
             else:
@@ -76,20 +52,19 @@ def mentions(prompt: str) -> list[tuple[str | None, str]]:
 
 def labels_from_prompt(prompt: str) -> torch.Tensor:
     """(G, 40) bool any-of groups, one per mentioned object: the named pair, or every colour of a colour-less shape."""
-    v = vocabulary()
     groups = []
     for color, shape in dict.fromkeys(mentions(prompt)):
-        g = torch.zeros(len(v.pairs), dtype=torch.bool)
-        for c in [color] if color is not None else v.colors:
-            g[v.index[(c, shape)]] = True
+        g = torch.zeros(NUM_LABELS, dtype=torch.bool)
+        for c in [color] if color is not None else COLOR_NAMES:
+            g[PAIR_INDEX[(c, shape)]] = True
         groups.append(g)
-    return torch.stack(groups) if groups else torch.zeros(0, len(v.pairs), dtype=torch.bool)
+    return torch.stack(groups) if groups else torch.zeros(0, NUM_LABELS, dtype=torch.bool)
 
 
 def labels_from_prompts(prompts: list[str]) -> torch.Tensor:
     """(B, G, 40) bool groups of a batch of prompts, padded with empty groups (which constrain nothing)."""
     each = [labels_from_prompt(p) for p in prompts]
-    out = torch.zeros(len(each), max([len(g) for g in each], default=0), len(vocabulary().pairs), dtype=torch.bool)
+    out = torch.zeros(len(each), max([len(g) for g in each], default=0), NUM_LABELS, dtype=torch.bool)
     for i, g in enumerate(each):
         out[i, :len(g)] = g
     return out
@@ -103,11 +78,10 @@ def labels_from_caption(caption: str) -> tuple[torch.Tensor, torch.Tensor]:
     pair is present, an unnamed pair is absent, and the pairs of a colour-less shape are unknown
     (masked out of the loss). tests/test_glide_guidance.py checks this against the scene metadata.
     """
-    v = vocabulary()
-    y, known = torch.zeros(len(v.pairs)), torch.ones(len(v.pairs), dtype=torch.bool)
+    y, known = torch.zeros(NUM_LABELS), torch.ones(NUM_LABELS, dtype=torch.bool)
     for color, shape in mentions(caption):
         if color is None:
-            known[[v.index[(c, shape)] for c in v.colors]] = False
+            known[[PAIR_INDEX[(c, shape)] for c in COLOR_NAMES]] = False
         else:
-            y[v.index[(color, shape)]] = 1.0
+            y[PAIR_INDEX[(color, shape)]] = 1.0
     return y, known | (y > 0)

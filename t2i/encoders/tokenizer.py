@@ -13,12 +13,13 @@ from typing import Iterable
 
 import torch
 
+from t2i.encoders.shapes_words import (BACKGROUND_NAMES, COLOR_NAMES, GRAMMAR_WORDS, NUMBER_WORDS, PLURALS,
+                                      POSITIONS, RELATION_WORDS, SHAPES, SIZE_NAMES)
+
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 SPECIALS = (PAD, UNK, EOS)
 _WORD = re.compile(r"[a-z]+|[0-9]+")
 
-# Function words of the caption grammar (t2i/data/captions.py); content words come from its tables.
-GRAMMAR_WORDS = ("a", "an", "one", "that", "is", "in", "the", "at", "on", "and", "to", "of", "background")
 
 
 def split_words(text: str) -> list[str]:
@@ -80,12 +81,9 @@ class WordTokenizer:
     @classmethod
     def for_shapes(cls) -> "WordTokenizer":
         """The ShapesWorld vocabulary: every word its caption grammar can produce."""
-        from t2i.data.captions import NUMBER_WORDS, PLURALS, RELATION_WORDS
-        from t2i.data.scene import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
-
         words: list[str] = list(GRAMMAR_WORDS)
-        for group in (NUMBER_WORDS.values(), COLORS, SHAPES, PLURALS.values(), SIZES, POSITIONS,
-                      RELATION_WORDS.values(), BACKGROUNDS):
+        for group in (NUMBER_WORDS.values(), COLOR_NAMES, SHAPES, PLURALS.values(), SIZE_NAMES, POSITIONS,
+                      RELATION_WORDS.values(), BACKGROUND_NAMES):
             for phrase in group:
                 words += split_words(phrase)
         return cls(words)

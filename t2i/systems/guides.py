@@ -23,7 +23,7 @@ from torch import nn
 from t2i.diffusion import TimestepNet, classifier_log_prob, clip_log_prob
 from t2i.diffusion.guidance import LogProb
 from t2i.encoders.clip import CLIPConfig, CLIPModel
-from t2i.encoders.labels import labels_from_prompts, vocabulary
+from t2i.encoders.labels import NUM_LABELS, labels_from_prompts
 from t2i.encoders.tokenizer import WordTokenizer
 from t2i.nn.classifier import ClassifierConfig, NoisyClassifier
 from t2i.systems.base import ScheduleConfig, _check_fields, load_module, save_module, write_system_json
@@ -150,7 +150,7 @@ class ClassifierGuide(Guide):
     @staticmethod
     def check_net(net: Mapping[str, Any]) -> ClassifierConfig:
         config = ClassifierConfig.from_dict(dict(net))
-        labels = len(vocabulary().pairs)
+        labels = NUM_LABELS
         if config.num_labels != labels:
             raise ValueError(f"a classifier guide predicts the {labels} (colour, shape) pairs prompts are read "
                              f"into; this one has num_labels = {config.num_labels}")
