@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from t2i.eval.run import ModelSettings, model_generator
+from t2i.api import model_generator
+from t2i.eval.run import ModelSettings
 from t2i.eval.shapeseval import evaluate
 from t2i.eval.suite import CATEGORIES
 

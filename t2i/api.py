@@ -69,6 +69,18 @@ def _load_path(path: Path, config_dir: str | os.PathLike | None):
     raise ValueError(f"{path}: not a model t2i reads (a t2i or diffusers folder, or a .safetensors checkpoint)")
 
 
+def model_generator(model: str, settings):
+    """generate_fn(prompts, seed) -> PIL images for ShapesEval from a named system or a model path, sampled
+    as `settings` (a `t2i.eval.run.ModelSettings`) says."""
+    system = load(model, device=settings.device)
+
+    def generate_fn(prompts: list[str], seed: int):
+        return system.generate(prompts, seed=seed, steps=settings.steps, sampler=settings.sampler,
+                               guidance=settings.guidance)
+
+    return generate_fn
+
+
 def open_image(path: str | os.PathLike, what: str):
     """A PIL image from a file, or a ValueError saying plainly why not."""
     from PIL import Image, UnidentifiedImageError

@@ -56,6 +56,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval_shapes(args: argparse.Namespace) -> int:
+    from t2i.api import model_generator
     from t2i.diffusion import SAMPLERS
     from t2i.eval.run import ModelSettings, run_eval_shapes
 
@@ -64,6 +65,7 @@ def _run_eval_shapes(args: argparse.Namespace) -> int:
     settings = ModelSettings(steps=args.steps, sampler=args.sampler, guidance=args.guidance, device=args.device)
     try:
         run_eval_shapes(real=args.real, images=args.images, model=args.model, settings=settings,
+                        make_generator=model_generator,
                         n_per_prompt=args.n_per_prompt, size=args.size, json_path=args.json, seed=args.seed,
                         prompts_path=args.prompts)
     except (ValueError, OSError) as e:

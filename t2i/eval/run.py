@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from t2i.eval.shapeseval import evaluate, evaluate_dir, ground_truth_images, markdown_table, score, write_suite
 
@@ -19,24 +20,17 @@ class ModelSettings:
     device: str = "cpu"
 
 
-def model_generator(model: str, settings: ModelSettings):
-    """generate_fn(prompts, seed) -> PIL images for ShapesEval, from a named system or a model path."""
-    from t2i.api import load
-
-    system = load(model, device=settings.device)
-
-    def generate_fn(prompts: list[str], seed: int):
-        return system.generate(prompts, seed=seed, steps=settings.steps, sampler=settings.sampler,
-                               guidance=settings.guidance)
-
-    return generate_fn
+GenerateFn = Callable[[list[str], int], list]  # (prompts, seed) -> PIL images
+MakeGenerator = Callable[[str, ModelSettings], GenerateFn]
 
 
 def run_eval_shapes(*, real: bool = False, images: str | None = None, model: str | None = None,
-                    settings: ModelSettings = ModelSettings(), n_per_prompt: int = 4, size: int = 64,
-                    json_path: str | None = None, seed: int = 0, prompts_path: str | None = None) -> dict | None:
+                    settings: ModelSettings = ModelSettings(), make_generator: MakeGenerator | None = None,
+                    n_per_prompt: int = 4, size: int = 64, json_path: str | None = None, seed: int = 0,
+                    prompts_path: str | None = None) -> dict | None:
     """Score ground-truth renders at `size` px (real), a folder of images or a model's samples, at 64 px;
-    write JSON when asked."""
+    write JSON when asked. A model is sampled by make_generator(model, settings) (`t2i.api.model_generator`:
+    loading systems is the floor above this one)."""
     if prompts_path:
         write_suite(prompts_path)
         print(f"wrote the suite's prompts to {prompts_path}")
@@ -53,7 +47,9 @@ def run_eval_shapes(*, real: bool = False, images: str | None = None, model: str
     if real:
         result = score(ground_truth_images(n_per_prompt, size, seed))  # rendered at size, scored at 64 px
     elif model is not None:
-        result = evaluate(model_generator(model, settings), n_per_prompt=n_per_prompt, seed=seed)
+        if make_generator is None:
+            raise ValueError("--model needs make_generator (t2i.api.model_generator) to load and sample it")
+        result = evaluate(make_generator(model, settings), n_per_prompt=n_per_prompt, seed=seed)
         result["model"] = {"name": model, "steps": settings.steps, "sampler": settings.sampler,
                            "guidance": settings.guidance, "n_per_prompt": n_per_prompt, "seed": seed}
     else:
