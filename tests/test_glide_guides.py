@@ -90,6 +90,17 @@ def test_guides_round_trip_through_their_folders(runs, folder, tmp_path):
         GuideConfig("classifier", {**load_guide(folder / "guide_classifier").config.net, "num_labels": 3})
 
 
+def test_converting_a_glide_folder_keeps_its_guides(folder, tmp_path):
+    x, sigma = torch.randn(1, 3, SIZE, SIZE), torch.tensor([1.0])
+    assert main(["convert", str(folder), str(tmp_path / "half"), "--to", "t2i", "--dtype", "float16"]) == 0
+    for kind in ("clip", "classifier"):
+        before, after = load_guide(folder / f"guide_{kind}", kind), load_guide(tmp_path / "half" / f"guide_{kind}", kind)
+        assert after.config == before.config
+        assert torch.allclose(after.log_prob(["a red circle"])(x, sigma, None),
+                              before.log_prob(["a red circle"])(x, sigma, None), atol=1e-2)
+    assert not (tiny_glide(size=SIZE).save(tmp_path / "fresh") / "guide_clip").exists()  # built, not loaded: none
+
+
 def test_cli_generates_with_each_guidance_type(folder, tmp_path, capsys):
     common = ["--model", str(folder), "--seed", "3", "--guidance", str(GUIDANCE), "--no-progress"]
     pixels = {}

@@ -343,13 +343,18 @@ class GLIDE(nn.Module):
     # --- the t2i folder: system.json, base/ and upsampler/ (unet, text encoder, tokenizer) ------------
 
     def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write the t2i system folder; floating tensors cast to `dtype` when given (loading casts back)."""
+        """Write the t2i system folder; floating tensors cast to `dtype` when given (loading casts back).
+        The guides of the folder this system was loaded from (guide_clip/, guide_classifier/) go along."""
         folder = Path(folder)
         for part, stage in zip(("base", "upsampler"), self.stages):
             (folder / part).mkdir(parents=True, exist_ok=True)
             save_module(stage.unet, folder / part / "unet.safetensors", dtype)
             save_text_encoder(stage.config.text, stage.text_encoder, folder / part, dtype)
         write_system_json(folder, "glide", FORMAT, self.name, self.config)
+        for kind in GUIDANCE_TYPES[1:]:
+            source = None if self.folder is None else guide_folder(self.folder, kind)
+            if source is not None and source.is_dir() and source.resolve() != guide_folder(folder, kind).resolve():
+                load_guide(source, kind).save(guide_folder(folder, kind), dtype)
         return folder
 
     @classmethod
