@@ -81,6 +81,18 @@ def model_generator(model: str, settings):
     return generate_fn
 
 
+def inpaint_generator(model: str, settings):
+    """inpaint_fn(image, mask, prompt, seed) -> the inpainted PIL image for InpaintEval (strength 1), from a
+    named system or a model path, sampled as `settings` (a `t2i.eval.run.ModelSettings`) says."""
+    system = load(model, device=settings.device)
+
+    def inpaint_fn(image, mask, prompt: str, seed: int):
+        return system.generate(prompt, image=image, mask=mask, strength=1.0, seed=seed, steps=settings.steps,
+                               sampler=settings.sampler, guidance=settings.guidance)[0]
+
+    return inpaint_fn
+
+
 def open_image(path: str | os.PathLike, what: str):
     """A PIL image from a file, or a ValueError saying plainly why not."""
     from PIL import Image, UnidentifiedImageError

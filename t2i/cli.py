@@ -53,16 +53,59 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", metavar="FILE", help="write the result as JSON")
     s.add_argument("--prompts", metavar="FILE", help="write the suite's prompts and specs as JSON lines")
     s.set_defaults(func=_run_eval_shapes)
+    s = benches.add_parser("inpaint", help="InpaintEval: fill a masked box with a named shape, checked by the detector")
+    s.add_argument("--model", metavar="NAME|PATH", required=True, help="a named system (ldm) or a model path")
+    s.add_argument("--n", type=int, default=48, help="number of cases (default: 48)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    s.add_argument("--sampler", default=None, help="sampler (default: the model's)")
+    s.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    s.add_argument("--device", default="cpu", help="torch device")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    s.set_defaults(func=_run_eval_inpaint)
+
+
+def _model_settings(args: argparse.Namespace):
+    """The eval commands' sampling options, checked."""
+    from t2i.diffusion import SAMPLERS
+    from t2i.eval.run import ModelSettings
+
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler '{args.sampler}'; choose from {', '.join(sorted(SAMPLERS))}")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    return ModelSettings(steps=args.steps, sampler=args.sampler, guidance=args.guidance, device=args.device)
+
+
+def _run_eval_inpaint(args: argparse.Namespace) -> int:
+    import json
+
+    from t2i.api import inpaint_generator
+    from t2i.eval.inpaint import evaluate_inpaint
+
+    settings = _model_settings(args)
+    if args.n < 1:
+        raise UsageError(f"--n must be at least 1, got {args.n}")
+    try:
+        result = evaluate_inpaint(inpaint_generator(args.model, settings), n=args.n, seed=args.seed)
+    except (ValueError, OSError) as e:
+        raise UsageError(str(e).splitlines()[0]) from e
+    print(f"InpaintEval ({result['suite']}, {args.n} cases): region accuracy {result['region_accuracy']:.3f}, "
+          f"change outside the mask {result['outside_change_mean']:.2f}/255 mean, "
+          f"{result['outside_change_max']:.2f}/255 worst case")
+    if args.json:
+        result["model"] = {"name": args.model, "steps": args.steps, "sampler": args.sampler, "guidance": args.guidance,
+                           "seed": args.seed}
+        with open(args.json, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
+    return 0
 
 
 def _run_eval_shapes(args: argparse.Namespace) -> int:
     from t2i.api import model_generator
-    from t2i.diffusion import SAMPLERS
-    from t2i.eval.run import ModelSettings, run_eval_shapes
+    from t2i.eval.run import run_eval_shapes
 
-    if args.sampler is not None and args.sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler '{args.sampler}'; choose from {', '.join(sorted(SAMPLERS))}")
-    settings = ModelSettings(steps=args.steps, sampler=args.sampler, guidance=args.guidance, device=args.device)
+    settings = _model_settings(args)
     try:
         run_eval_shapes(real=args.real, images=args.images, model=args.model, settings=settings,
                         make_generator=model_generator,
