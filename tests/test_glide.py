@@ -118,6 +118,26 @@ def test_inpainting_keeps_the_unmasked_region():
         tiny_glide(inpaint=True).sample("a red circle")
 
 
+def test_iterative_editing_from_the_command_line(tmp_path):
+    """GLIDE's editing loop: generate, then inpaint a region of that image with a new prompt, twice; each
+    edit keeps the pixels outside its mask (within 2/255 on average) and redraws the inside."""
+    from t2i.cli import main
+
+    folder = str(tiny_glide(inpaint=False).save(tmp_path / "glide"))
+    common = ["--model", folder, "--steps", "3", "--no-progress"]
+    assert main(["generate", "a red circle", *common, "--out", str(tmp_path / "0.png")]) == 0
+    half_mask().save(tmp_path / "right.png")
+    half_mask().transpose(Image.Transpose.ROTATE_90).save(tmp_path / "top.png")  # white = the upper half
+    edits = [("a blue square", "right.png", np.s_[:, :BASE // 2], np.s_[:, BASE // 2:]),
+             ("a green star", "top.png", np.s_[BASE // 2:, :], np.s_[:BASE // 2, :])]
+    for i, (prompt, mask, kept, redrawn) in enumerate(edits):
+        assert main(["inpaint", prompt, *common, "--image", str(tmp_path / f"{i}.png"), "--mask", str(tmp_path / mask),
+                     "--seed", str(i + 1), "--out", str(tmp_path / f"{i + 1}.png")]) == 0
+        before, after = (np.asarray(Image.open(tmp_path / f"{j}.png"), dtype=np.float32) for j in (i, i + 1))
+        assert np.abs(after - before)[kept].mean() <= 2 and np.abs(after - before)[redrawn].mean() > 10
+        assert Image.open(tmp_path / f"{i + 1}.png").text["prompt"] == prompt
+
+
 def test_gradient_guidance_changes_the_sample_and_scale_zero_is_the_conditional_model(system):
     def redness(x, sigma, cond):  # a toy log p(y | x_t): how red the image is
         return x[:, 0].mean((1, 2)) - x[:, 1:].mean((1, 2, 3))
