@@ -66,15 +66,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_settings(args: argparse.Namespace):
-    """The eval commands' sampling options, checked."""
-    from t2i.diffusion import SAMPLERS
+    """The eval commands' sampling options (ModelSettings checks them)."""
     from t2i.eval.run import ModelSettings
 
-    if args.sampler is not None and args.sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler '{args.sampler}'; choose from {', '.join(sorted(SAMPLERS))}")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
-    return ModelSettings(steps=args.steps, sampler=args.sampler, guidance=args.guidance, device=args.device)
+    try:
+        return ModelSettings(steps=args.steps, sampler=args.sampler, guidance=args.guidance, device=args.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _run_eval_inpaint(args: argparse.Namespace) -> int:

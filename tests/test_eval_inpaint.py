@@ -55,3 +55,7 @@ def test_cli_scores_the_shipped_ldm(tmp_path, capsys):
     assert result["cases"] == 2 and len(result["rows"]) == 2 and 0.0 <= result["region_accuracy"] <= 1.0
     assert result["model"]["steps"] == 2 and "region accuracy" in capsys.readouterr().out
     assert main(["eval", "inpaint", "--model", "ldm", "--n", "0"]) == 2
+    for bench in ("inpaint", "shapes"):  # ModelSettings checks the sampling options of both benchmarks
+        for bad, message in ((["--steps", "0"], "--steps must be at least 1"), (["--sampler", "x"], "unknown sampler")):
+            capsys.readouterr()
+            assert main(["eval", bench, "--model", "ldm", *bad]) == 2 and message in capsys.readouterr().err

@@ -19,6 +19,14 @@ class ModelSettings:
     guidance: float | None = None
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        from t2i.diffusion import SAMPLERS
+
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler '{self.sampler}'; choose from {', '.join(sorted(SAMPLERS))}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {self.steps}")
+
 
 GenerateFn = Callable[[list[str], int], list]  # (prompts, seed) -> PIL images
 MakeGenerator = Callable[[str, ModelSettings], GenerateFn]
@@ -42,8 +50,6 @@ def run_eval_shapes(*, real: bool = False, images: str | None = None, model: str
         raise ValueError(f"--n-per-prompt must be at least 1, got {n_per_prompt}")
     if size < 16:
         raise ValueError(f"--size must be at least 16, got {size}")
-    if settings.steps is not None and settings.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {settings.steps}")
     if real:
         result = score(ground_truth_images(n_per_prompt, size, seed))  # rendered at size, scored at 64 px
     elif model is not None:
