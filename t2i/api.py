@@ -228,7 +228,7 @@ def _diffusion_run(run: Path):
         raise ValueError(f"{ckpt_path}: a {stage} run is a guide, not a system: write it into a GLIDE folder with "
                          f"`t2i convert {run} GLIDE_FOLDER/guide_{stage}`")
     o = ckpt.config.get("diffusion") or {}
-    if ckpt.config.get("stage") != "diffusion" or o.get("text_encoder", "word") not in ("word", "minilm"):
+    if stage != "diffusion" or o.get("text_encoder", "word") not in ("word", "minilm"):
         raise ValueError(f"{ckpt_path}: not a text-conditioned diffusion run (stage 'diffusion' with a word or "
                          "minilm text encoder)")
     if o.get("network", "unet") != "unet":

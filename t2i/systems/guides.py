@@ -150,9 +150,8 @@ class ClassifierGuide(Guide):
     @staticmethod
     def check_net(net: Mapping[str, Any]) -> ClassifierConfig:
         config = ClassifierConfig.from_dict(dict(net))
-        labels = NUM_LABELS
-        if config.num_labels != labels:
-            raise ValueError(f"a classifier guide predicts the {labels} (colour, shape) pairs prompts are read "
+        if config.num_labels != NUM_LABELS:
+            raise ValueError(f"a classifier guide predicts the {NUM_LABELS} (colour, shape) pairs prompts are read "
                              f"into; this one has num_labels = {config.num_labels}")
         return config
 
