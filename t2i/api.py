@@ -6,14 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from t2i.io.weights import PICKLE_SUFFIXES
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"  # shipped t2i system folders: weights/<name>/system.json
-
-
-def shipped_weights(name: str) -> Path:
-    """The folder of a named system's shipped weights (it may not exist yet)."""
-    return WEIGHTS_DIR / name
+from t2i.io.weights import PICKLE_SUFFIXES, WEIGHTS_DIR, shipped_weights, system_folder  # noqa: F401  (re-exported)
 
 
 def load(name_or_path: str | os.PathLike, *, device: str = "cpu", config_dir: str | os.PathLike | None = None):
@@ -284,7 +277,7 @@ def system_from_training_run(run: str | os.PathLike, first_stage: str | os.PathL
         return system_from_training_runs(run)
     kind = o.get("text_encoder", "word")
     ae_path = Path(first_stage) if first_stage is not None else Path(o["first_stage"])
-    if first_stage is None and not ae_path.exists():
+    if first_stage is None and not ae_path.exists() and system_folder(ae_path) is None:
         ae_path = run.parent / ae_path.name
     autoencoder = load_first_stage(ae_path, "cpu", float(o.get("latent_scale", 0.0)))
     schedule, sampling = _run_settings(o)

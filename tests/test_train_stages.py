@@ -89,3 +89,31 @@ def test_latent_scale_replaces_the_first_stage_scaling_factor(tmp_path):
     assert load_first_stage(tmp_path / "ae", "cpu").config.scaling_factor == default
     with pytest.raises(RecipeError, match="latent_scale"):
         load_recipe("tiny_latent", ["diffusion.latent_scale=-1"])
+
+
+def test_a_run_continues_from_a_system_folder(tmp_path):
+    """init_from + first_stage = a t2i system folder: the run starts from its UNet, text encoder, tokenizer and
+    autoencoder (fine-tuning shipped weights), and exports back to the same kind of folder."""
+    from t2i.api import system_from_training_run
+    from t2i.io.weights import load_safetensors
+
+    SMALL_AE = SMALL + ["autoencoder.num_samples=2"]
+    Trainer(load_recipe("tiny_autoencoder", SMALL_AE), tmp_path / "ae", progress=False, log=lambda m: None).run()
+    Trainer(load_recipe("tiny_latent", SMALL + [f"diffusion.first_stage='{tmp_path / 'ae'}'"]), tmp_path / "ldm",
+            progress=False, log=lambda m: None).run()
+    folder = system_from_training_run(tmp_path / "ldm").save(tmp_path / "system")
+
+    recipe = load_recipe("tiny_latent", ["train.steps=1", "train.batch_size=2", f"diffusion.init_from='{folder}'",
+                                         f"diffusion.first_stage='{folder}'"])
+    trainer = Trainer(recipe, tmp_path / "tuned", progress=False, log=lambda m: None)
+    trainer.setup()
+    unet = load_safetensors(folder / "unet.safetensors")
+    assert all(torch.equal(v, unet[k]) for k, v in trainer.stage.model["net"].state_dict().items())
+    text = load_safetensors(folder / "text_encoder.safetensors")
+    assert all(torch.equal(v, text[k]) for k, v in trainer.stage.model["text"].transformer.state_dict().items())
+    assert trainer.stage.model["text"].tokenizer.to_json() == (folder / "tokenizer.json").read_text()
+    ae = load_safetensors(folder / "autoencoder.safetensors")
+    assert all(torch.equal(v, ae[k]) for k, v in trainer.stage.first_stage.state_dict().items())
+    with pytest.raises(RecipeError, match="init_from = 'nowhere'"):
+        Trainer(load_recipe("tiny_latent", [f"diffusion.first_stage='{folder}'", "diffusion.init_from='nowhere'"]),
+                tmp_path / "bad", progress=False, log=lambda m: None).setup()

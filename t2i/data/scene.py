@@ -200,13 +200,19 @@ def allowed_kinds(held_out: frozenset[tuple[str, str]]) -> list[tuple[str, str]]
 
 
 def sample_scene(rng: np.random.Generator, held_out: frozenset[tuple[str, str]] = DEFAULT_HELD_OUT,
-                 max_objects: int = MAX_OBJECTS, repeat_p: float = 0.4) -> Scene:
-    """A random scene: 1..max_objects objects; each repeats an earlier kind with probability repeat_p."""
+                 max_objects: int = MAX_OBJECTS, repeat_p: float = 0.4,
+                 count_weights: tuple[float, ...] | None = None) -> Scene:
+    """A random scene: 1..max_objects objects (uniformly, or n with weight count_weights[n - 1]); each
+    repeats an earlier kind with probability repeat_p."""
     kinds = allowed_kinds(held_out)
     u = rng.random()
     bg = "white" if u < 0.6 else ("black" if u < 0.8 else "gray")  # 60 / 20 / 20 %
     while True:
-        n = int(rng.integers(1, max_objects + 1))
+        if count_weights is None:
+            n = int(rng.integers(1, max_objects + 1))
+        else:
+            w = np.asarray(count_weights[:max_objects], dtype=float)
+            n = 1 + int(rng.choice(len(w), p=w / w.sum()))
         placed: list[Obj] = []
         for _ in range(n):
             if placed and rng.random() < repeat_p:

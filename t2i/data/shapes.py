@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from t2i.data.captions import scene_captions
+from t2i.data.captions import CAPTION_KINDS, pick_caption, scene_caption_kinds
 from t2i.data.control import CONTROL_KINDS, control_map
 from t2i.data.render import render
 from t2i.data.scene import DEFAULT_HELD_OUT, MAX_OBJECTS, Scene, sample_scene
@@ -37,7 +37,8 @@ class ShapesWorld(Dataset):
     """Deterministic ShapesWorld samples (image, caption, meta); infinite when length is None."""
 
     def __init__(self, size: int = 64, seed: int = 0, held_out: frozenset = DEFAULT_HELD_OUT,
-                 length: int | None = None, max_objects: int = MAX_OBJECTS, control: str | None = None):
+                 length: int | None = None, max_objects: int = MAX_OBJECTS, control: str | None = None,
+                 caption_weights: dict[str, float] | None = None, count_weights: tuple[float, ...] | None = None):
         if size < 16:
             raise ValueError(f"ShapesWorld images are at least 16 px, got size={size}")
         if not 1 <= max_objects <= MAX_OBJECTS:
@@ -48,6 +49,16 @@ class ShapesWorld(Dataset):
         self.held_out = frozenset(held_out)
         self.max_objects = max_objects
         self.control = control
+        unknown = sorted(set(caption_weights or {}) - set(CAPTION_KINDS))
+        if unknown or any(not w >= 0 for w in (caption_weights or {}).values()):
+            raise ValueError(f"caption_weights: kinds must be among {', '.join(CAPTION_KINDS)} and weights >= 0; "
+                             f"got {dict(caption_weights or {})}")
+        self.caption_weights = dict(caption_weights or {})  # caption kind -> weight; {}: uniform over captions
+        if count_weights is not None and (len(count_weights) != max_objects or any(not w >= 0 for w in count_weights)
+                                          or not sum(count_weights) > 0):
+            raise ValueError(f"count_weights: {max_objects} weights >= 0 (for 1..{max_objects} objects), not all 0; "
+                             f"got {count_weights}")
+        self.count_weights = None if count_weights is None else tuple(float(w) for w in count_weights)
 
     def __len__(self) -> int:
         if self.length is None:
@@ -62,9 +73,9 @@ class ShapesWorld(Dataset):
         if i < 0 or (self.length is not None and i >= self.length):
             raise IndexError(f"sample {i} out of range for a ShapesWorld of length {self.length}")
         rng = self._rng(i)
-        scene = sample_scene(rng, self.held_out, self.max_objects)
-        captions = scene_captions(scene, rng)
-        return scene, captions, captions[int(rng.integers(len(captions)))]
+        scene = sample_scene(rng, self.held_out, self.max_objects, count_weights=self.count_weights)
+        captions = scene_caption_kinds(scene, rng)
+        return scene, list(captions), pick_caption(captions, rng, self.caption_weights)
 
     def scene(self, i: int) -> Scene:
         """Sample i's scene."""

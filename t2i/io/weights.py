@@ -20,6 +20,23 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # shipped system folders: weights/<name>/system.json
+
+
+def shipped_weights(name: str) -> Path:
+    """The folder of a named system's shipped weights (it may not exist yet)."""
+    return WEIGHTS_DIR / name
+
+
+def system_folder(name_or_path: str | os.PathLike) -> Path | None:
+    """The t2i system folder (system.json) a path or a shipped system's name points to, else None."""
+    path = Path(name_or_path)
+    for folder in (path, shipped_weights(str(name_or_path))):
+        if (folder / "system.json").is_file():
+            return folder
+    return None
+
+
 def _refuse(path: Path, why: str) -> ValueError:
     return ValueError(
         f"{path}: {why}. t2i loads weights only from .safetensors files and never unpickles "

@@ -27,7 +27,8 @@ def shapes_dataset(cfg: DataConfig) -> Dataset:
 
     if cfg.size < 16:
         raise RecipeError(f"[data] size = {cfg.size}: ShapesWorld images are at least 16 px")
-    return ShapesWorld(size=cfg.size, seed=cfg.seed, length=cfg.length)
+    return ShapesWorld(size=cfg.size, seed=cfg.seed, length=cfg.length, caption_weights=cfg.caption_weights,
+                       count_weights=cfg.object_counts or None)
 
 
 @DATASETS.register("folder")

@@ -8,7 +8,7 @@ that the stage's own config class reads. Bundled recipes live in `t2i/train/reci
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,8 +30,21 @@ class DataConfig(TableConfig):
     seed: int = 0  # the dataset's own seed (which world), not the training seed
     path: str = ""  # folder datasets: directory of images with same-name .txt captions
     num_workers: int = 0  # DataLoader worker processes
+    caption_weights: dict = field(default_factory=dict)  # shapes: caption kind -> weight ({}: uniform)
+    object_counts: tuple[float, ...] = ()  # shapes: weights of scenes with 1, 2, 3, 4 objects (empty: uniform)
 
     def check(self) -> None:
+        from t2i.data.captions import CAPTION_KINDS
+
+        if self.object_counts and (len(self.object_counts) != 4 or min(self.object_counts) < 0
+                                   or not sum(self.object_counts) > 0):
+            raise bad("object_counts", list(self.object_counts), "must be 4 weights >= 0 (scenes of 1..4 objects)")
+        for kind, w in self.caption_weights.items():
+            if kind not in CAPTION_KINDS:
+                raise bad("caption_weights", self.caption_weights, f"'{kind}' is not a caption kind; kinds: "
+                          f"{', '.join(CAPTION_KINDS)}")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+                raise bad("caption_weights", self.caption_weights, f"the weight of '{kind}' must be a number >= 0")
         if self.size < 8:
             raise bad("size", self.size, "must be at least 8")
         if self.length < 1:
@@ -57,7 +70,11 @@ class TrainConfig(TableConfig):
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm (0: off)
     ema_decay: float = 0.999  # EMA of the weights, kept and saved apart (0: EMA = raw weights)
-    bf16: bool = False  # bf16 autocast on CPU and CUDA (weights and optimizer stay float32)
+    bf16: Any = "auto"  # bf16 autocast (weights and optimizer stay float32): true | false | "auto" (where it is faster)
+    channels_last: bool = False  # convolution activations in NHWC memory order (oneDNN's fast path on CPU)
+    compile: bool = False  # torch.compile the stage's networks (same weights and state-dict keys)
+    fp32_attention: bool = True  # CPU: attention in float32 under bf16 autocast (PyTorch's bf16 CPU kernel is slow)
+    fused_adamw: bool = True  # AdamW's fused / foreach kernels instead of a loop over parameters
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # weights init, noise, caption dropout
     log_every: int = 10  # steps between metrics.jsonl lines
@@ -89,6 +106,8 @@ class TrainConfig(TableConfig):
             raise bad("betas", list(self.betas), "each must be in [0, 1)")
         if self.batch_size % self.grad_accum:
             raise bad("batch_size", self.batch_size, f"must be divisible by grad_accum = {self.grad_accum}")
+        if self.bf16 not in (True, False, "auto"):
+            raise bad("bf16", self.bf16, 'must be true, false or "auto"')
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise bad("device", self.device, "must be auto, cpu, cuda or cuda:N")
 

@@ -17,6 +17,8 @@ import torch
 from tqdm import tqdm
 
 from t2i.io.weights import load_into
+from t2i.nn.attention import set_cpu_fp32_attention
+from t2i.nn.precision import resolve_bf16
 from t2i.train import checkpoint as ckpt_io
 from t2i.train import rng as rng_io
 from t2i.train.data import DataPosition, ShardedBatches, batch_stream, build_dataset
@@ -108,6 +110,8 @@ class Trainer:
         if cfg.batch_size % (cfg.grad_accum * world):
             raise TrainingError(f"[train] batch_size = {cfg.batch_size} must be divisible by grad_accum "
                                 f"({cfg.grad_accum}) x processes ({world})")
+        self.bf16, self.precision_note = resolve_bf16(cfg.bf16, self.device)
+        set_cpu_fp32_attention(cfg.fp32_attention)
         self.global_micro = cfg.batch_size // cfg.grad_accum
         self.local_micro = self.global_micro // world
 
@@ -129,6 +133,12 @@ class Trainer:
         rng_io.seed_everything(cfg.seed)  # identical initial weights on every process
         self.stage = STAGES.get(self.recipe.stage).build(self.recipe, self.dataset, self.device, resume_from)
         self.model = self.stage.model
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            for module in self.model.children():
+                if any(p.requires_grad for p in module.parameters()):
+                    module.compile()  # in place: state-dict keys stay the same
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg)
         self.ema = EMA(self.model, cfg.ema_decay)
@@ -203,8 +213,14 @@ class Trainer:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def environment(self) -> dict[str, Any]:
+        """What this run ran on and the precision it chose (environment.json beside recipe.json)."""
+        return {"bf16": self.bf16, "precision": self.precision_note, "torch": torch.__version__,
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                "device": str(self.device), "processes": self.dist.world}
+
     def autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.recipe.train.bf16)
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -236,8 +252,10 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "recipe.json").write_text(json.dumps(self.recipe.to_dict(), indent=2))
+            (self.out / "environment.json").write_text(json.dumps(self.environment(), indent=2))
         self.log(f"training '{self.recipe.stage}' to step {target} on {self.device} x {self.dist.world} "
                  f"({sum(p.numel() for p in self.params) / 1e6:.2f}M trainable parameters)")
+        self.log(self.precision_note)
         self.log(f"checkpoints: {self.ckpt_root}/  metrics: {self.metrics_path}  samples: {self.samples_dir}/")
         batches = ShardedBatches(len(self.dataset), self.global_micro, self.dist.rank, self.dist.world,
                                  cfg.seed, self.position)

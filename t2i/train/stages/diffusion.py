@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from t2i.io.weights import system_folder
 from t2i.train.config import RecipeError, TableConfig, bad
 from t2i.train.networks import build_network
 from t2i.train.registry import STAGES, TEXT_ENCODERS
@@ -45,7 +46,8 @@ class DiffusionOptions(TableConfig):
     text: dict = field(default_factory=dict)  # the text encoder's config fields
     pooled: bool = False  # also pass the pooled text vector to the network as `pooled`
     p_uncond: float = 0.1  # caption dropout for classifier-free guidance
-    first_stage: str = ""  # an autoencoder run folder or checkpoint: train on its latents ("" = pixels)
+    first_stage: str = ""  # an autoencoder run / checkpoint, or a t2i LDM folder or shipped system: train on its latents
+    init_from: str = ""  # a t2i system folder or shipped system (e.g. "ldm") whose UNet + text encoder start the run
     latent_scale: float = 0.0  # replaces the first stage's scaling_factor (1 / latent std); 0: keep it
     sampler: str = "dpmpp_2m"
     sample_steps: int = 20
@@ -136,6 +138,9 @@ def load_first_stage(path: str | Path, device: torch.device | str, latent_scale:
     from t2i.train.checkpoint import latest_checkpoint, read_checkpoint
     from t2i.train.stages.autoencoder import build_autoencoder
 
+    folder = system_folder(path)
+    if folder is not None:  # a t2i system folder (or a shipped system's name): its autoencoder
+        return _system_autoencoder(folder, latent_scale).to(device).eval().requires_grad_(False)
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"[diffusion] first_stage = '{path}': no such folder (train the autoencoder recipe first)")
@@ -153,6 +158,51 @@ def load_first_stage(path: str | Path, device: torch.device | str, latent_scale:
     prefix = "autoencoder."
     load_into(ae, {k[len(prefix):]: v for k, v in ckpt.ema.items() if k.startswith(prefix)}, where=str(ckpt_path))
     return ae.to(device).eval().requires_grad_(False)
+
+
+def _system_meta(folder: Path, key: str) -> dict[str, Any]:
+    meta = json.loads((folder / "system.json").read_text())
+    config = meta.get("config", {})
+    if key not in config:
+        raise RecipeError(f"[diffusion] {folder}: a '{meta.get('system')}' system folder has no {key}")
+    return config
+
+
+def _system_autoencoder(folder: Path, latent_scale: float) -> nn.Module:
+    """The autoencoder of a t2i LDM system folder (float32), its scaling_factor replaced by latent_scale > 0."""
+    from t2i.io.weights import load_into, load_safetensors
+    from t2i.train.stages.autoencoder import build_autoencoder
+
+    net = dict(_system_meta(folder, "autoencoder")["autoencoder"])
+    if latent_scale > 0:
+        net["scaling_factor"] = latent_scale
+    ae = build_autoencoder(net)
+    load_into(ae, load_safetensors(folder / "autoencoder.safetensors"), where=str(folder))
+    return ae.float()
+
+
+def init_from_system(model: nn.ModuleDict, name_or_path: str) -> None:
+    """Start a stage's "net" and "text" from a t2i system folder's unet / text_encoder weights (fine-tuning)."""
+    from t2i.io.weights import load_into, load_safetensors
+
+    folder = system_folder(name_or_path)
+    if folder is None:
+        raise RecipeError(f"[diffusion] init_from = '{name_or_path}': neither a t2i system folder (system.json) "
+                          "nor a shipped system")
+    parts = {"net": (lambda m: m, "unet.safetensors"), "text": (lambda m: m.transformer, "text_encoder.safetensors")}
+    for key, (part, file) in parts.items():  # a system folder keeps the text encoder's transformer alone
+        if key in model and (folder / file).is_file():
+            try:
+                load_into(part(model[key]), load_safetensors(folder / file), where=str(folder / file))
+            except ValueError as e:
+                raise RecipeError(f"[diffusion] init_from = '{name_or_path}': {e}") from None
+
+
+def system_tokenizer(name_or_path: str) -> str | None:
+    """The word tokenizer (tokenizer.json) of a t2i system folder, so token ids match its text encoder."""
+    folder = system_folder(name_or_path)
+    path = None if folder is None else folder / "tokenizer.json"
+    return path.read_text() if path is not None and path.is_file() else None
 
 
 # --- inpainting masks ------------------------------------------------------------------------------
@@ -198,7 +248,10 @@ class DiffusionStage:
         encoder = TEXT_ENCODERS.get(options.text_encoder)(options.text, tokenizer_json)
         if encoder is not None:
             modules["text"] = encoder
-        self.model = nn.ModuleDict(modules).to(device)
+        self.model = nn.ModuleDict(modules)
+        if options.init_from:
+            init_from_system(self.model, options.init_from)
+        self.model = self.model.to(device)
         schedule = DiscreteSchedule.named(options.schedule, n=options.timesteps)
         net = ConcatInputs(self.model["net"]) if options.extra_channels else self.model["net"]
         self.denoiser = DiscreteDenoiser(net, schedule, options.prediction)
@@ -230,6 +283,8 @@ class DiffusionStage:
         o = recipe.options
         saved = resume_from / "tokenizer.json" if resume_from is not None else None
         tokenizer_json = saved.read_text() if saved is not None and saved.is_file() else None
+        if tokenizer_json is None and o.init_from:
+            tokenizer_json = system_tokenizer(o.init_from)
         examples, captions = first_examples(dataset, o.num_samples)
         prompts = list(o.sample_prompts) or captions
         first = load_first_stage(o.first_stage, device, o.latent_scale) if o.first_stage else None
