@@ -22,6 +22,28 @@ import torch.nn.functional as F
 from torch import nn
 
 
+CPU_FP32 = {"on": True}  # `attention` computes in float32 on the CPU (set_cpu_fp32_attention)
+
+
+def set_cpu_fp32_attention(on: bool) -> None:
+    """Turn float32 attention under CPU bf16 autocast on (the default) or off (PyTorch's bf16 kernel)."""
+    CPU_FP32["on"] = bool(on)
+
+
+def _cpu_low_precision(q: torch.Tensor) -> bool:
+    return CPU_FP32["on"] and q.device.type == "cpu" and (q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_cpu_enabled())
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """F.scaled_dot_product_attention; on the CPU in float32 even under bf16 autocast: PyTorch's CPU flash
+    kernel costs ~20 ms per bf16 call (forward + backward) at any size, float32 a few ms at ShapesWorld's
+    sizes (benchmarks/train_throughput.py), and float32 attention is the more exact."""
+    if not _cpu_low_precision(q):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
+
+
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, N, heads*d) -> (B, heads, N, d), a view (no copy)."""
     b, n, _ = t.shape
@@ -116,9 +138,9 @@ class Attention(nn.Module):
         if mask is not None and mask.shape[-1] != m:
             raise ValueError(f"attention mask covers {mask.shape[-1]} keys but there are {m}")
         if mask is None and (not causal or n == m):
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, h, N, d)
+            out = attention(q, k, v, is_causal=causal)  # (B, h, N, d)
         else:
-            bias = key_padding_bias(mask, n, m, causal, q.dtype)  # (B|1, 1, N|1, M)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, h, N, d)
+            bias = key_padding_bias(mask, n, m, causal, torch.float32 if _cpu_low_precision(q) else q.dtype)
+            out = attention(q, k, v, attn_mask=bias)  # (B, h, N, d); bias (B|1, 1, N|1, M)
         out = out.transpose(1, 2).reshape(x.shape[0], n, h * self.head_dim)  # (B, N, h*d)
         return self.to_out(out)

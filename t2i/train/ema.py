@@ -32,12 +32,15 @@ class EMA:
     @torch.no_grad()
     def update(self) -> None:
         d = self.current_decay()
+        averaged, weights = [], []
         for k, v in self.module.state_dict().items():
-            e = self.state[k]
             if k in self.averaged:
-                e.mul_(d).add_(v.detach().float(), alpha=1 - d)
+                averaged.append(self.state[k])
+                weights.append(v.detach().float())
             else:
-                e.copy_(v)
+                self.state[k].copy_(v)
+        if averaged:
+            torch._foreach_lerp_(averaged, weights, 1 - d)  # ema + (1 - d)(w - ema) = d ema + (1 - d) w, one kernel
         self.updates += 1
 
     @contextmanager

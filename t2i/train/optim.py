@@ -28,7 +28,8 @@ def build_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+    fast = {"fused": True} if cfg.fused_adamw and next(module.parameters()).device.type in ("cpu", "cuda") else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, **fast)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
