@@ -155,3 +155,41 @@ class ConcatInputs:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
         extra = cond.pop(self.key)
         return self.net(torch.cat([x, extra.to(x.dtype)], dim=1), t, **cond)
+
+
+# --- Wrappers: a denoiser built on a denoiser ----------------------------------------------------
+
+
+class DenoiserWrapper:
+    """Base of every denoiser -> denoiser wrapper (guidance, thresholding, added conditioning).
+
+    It forwards what it does not define -- schedule facts (sigma_min, sigma_max, schedule,
+    noise_scale) and prediction facts (prediction, loss_weight) -- to the wrapped denoiser, so
+    wrappers stack in any order and a sampler sees the facts of the network at the bottom."""
+
+    def __init__(self, denoiser: Denoiser):
+        self.denoiser = denoiser
+
+    def __getattr__(self, name: str):
+        if name == "denoiser":  # not set yet (unpickling, a subclass that skipped __init__)
+            raise AttributeError(name)
+        return getattr(self.denoiser, name)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        return self.denoiser(x, sigma, cond)
+
+
+class WithCond(DenoiserWrapper):
+    """Conditioning that does not depend on the prompt (the `concat` channels of an inpainting or
+    super-resolution stage, a prior's embedding), added to every call's cond; each tensor's batch
+    is repeated to x's (classifier-free guidance calls with 2B)."""
+
+    def __init__(self, denoiser: Denoiser, extra: Cond):
+        super().__init__(denoiser)
+        self.extra = dict(extra)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        b = x.shape[0]
+        extra = {k: v.repeat(b // v.shape[0], *(1,) * (v.ndim - 1)) if v.shape[0] != b else v
+                 for k, v in self.extra.items()}
+        return self.denoiser(x, sigma, {**(cond or {}), **extra})

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from t2i.diffusion.denoisers import Cond, Denoiser, append_dims, batch_sigma, timestep_inputs
+from t2i.diffusion.denoisers import Cond, Denoiser, DenoiserWrapper, append_dims, batch_sigma, timestep_inputs
 from t2i.diffusion.schedules import DiscreteSchedule
 
 # log p(y | x_t) as a function of (x, sigma, cond): x in VE form, sigma a (B,) tensor.
@@ -22,7 +22,7 @@ def concat_cond(a: Cond | None, b: Cond | None) -> dict[str, torch.Tensor]:
     return {k: torch.cat([a[k], b[k]]) for k in a}
 
 
-class ClassifierFreeGuidance:
+class ClassifierFreeGuidance(DenoiserWrapper):
     """D_w = D(x, uncond) + w (D(x, cond) - D(x, uncond)) (Ho & Salimans 2022, eq. 6).
 
     `uncond` is the unconditional (empty-caption) conditioning, or a negative prompt's. Both
@@ -30,7 +30,8 @@ class ClassifierFreeGuidance:
     """
 
     def __init__(self, denoiser: Denoiser, scale: float, uncond: Cond | None):
-        self.denoiser, self.scale, self.uncond = denoiser, scale, uncond
+        super().__init__(denoiser)
+        self.scale, self.uncond = scale, uncond
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         if self.scale == 1.0:
@@ -40,13 +41,14 @@ class ClassifierFreeGuidance:
         return x0_uncond + self.scale * (x0_cond - x0_uncond)
 
 
-class GradientGuidance:
+class GradientGuidance(DenoiserWrapper):
     """D' = D + s sigma^2 grad_x log p(y | x, sigma): classifier guidance (Dhariwal & Nichol 2021,
     alg. 2, eps_hat - sqrt(1 - a) s grad) in the VE form; CLIP guidance (Nichol et al. 2022) when
     log p is the noisy-CLIP image-caption dot product."""
 
     def __init__(self, denoiser: Denoiser, log_prob: LogProb, scale: float):
-        self.denoiser, self.log_prob, self.scale = denoiser, log_prob, scale
+        super().__init__(denoiser)
+        self.log_prob, self.scale = log_prob, scale
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         x0 = self.denoiser(x, sigma, cond)
@@ -102,11 +104,12 @@ def clip_log_prob(image_embed_fn: Callable[[torch.Tensor, torch.Tensor], torch.T
     return log_prob
 
 
-class StaticThreshold:
+class StaticThreshold(DenoiserWrapper):
     """Clip x0_hat to [-limit, limit] (Ho et al. 2020; Saharia et al. 2022, sec. 2.3)."""
 
     def __init__(self, denoiser: Denoiser, limit: float = 1.0):
-        self.denoiser, self.limit = denoiser, limit
+        super().__init__(denoiser)
+        self.limit = limit
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         return self.denoiser(x, sigma, cond).clamp(-self.limit, self.limit)
@@ -121,13 +124,39 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.995) -> torch.Tens
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
-class DynamicThreshold:
+class DynamicThreshold(DenoiserWrapper):
     """Wrapper applying `dynamic_threshold` to every x0 prediction."""
 
     def __init__(self, denoiser: Denoiser, percentile: float = 0.995):
         if not 0.0 < percentile <= 1.0:
             raise ValueError(f"percentile must be in (0, 1], got {percentile}")
-        self.denoiser, self.percentile = denoiser, percentile
+        super().__init__(denoiser)
+        self.percentile = percentile
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         return dynamic_threshold(self.denoiser(x, sigma, cond), self.percentile)
+
+
+THRESHOLDS = ("none", "static", "dynamic")
+
+
+def parse_threshold(spec: str) -> tuple[str, float]:
+    """"none" | "static[:limit]" | "dynamic[:percentile]" -> (kind, value); ValueError in one line."""
+    kind, _, value = str(spec).partition(":")
+    if kind not in THRESHOLDS or (kind == "none" and value):
+        raise ValueError(f"unknown threshold {spec!r}; choose none, static[:limit] or dynamic[:percentile]")
+    try:
+        v = float(value) if value else (1.0 if kind == "static" else 0.995)
+    except ValueError:
+        raise ValueError(f"threshold {spec!r}: {value!r} is not a number") from None
+    if kind == "dynamic" and not 0.0 < v <= 1.0 or kind == "static" and not 0.0 < v < float("inf"):
+        raise ValueError(f"threshold {spec!r}: the percentile must be in (0, 1], a static limit finite and > 0")
+    return kind, v
+
+
+def thresholded(denoiser: Denoiser, spec: str) -> Denoiser:
+    """The denoiser behind the thresholding `spec` names (`parse_threshold`); itself for "none"."""
+    kind, value = parse_threshold(spec)
+    if kind == "static":
+        return StaticThreshold(denoiser, value)
+    return DynamicThreshold(denoiser, value) if kind == "dynamic" else denoiser

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Callable, Sequence
 
 import torch
 
@@ -62,3 +63,42 @@ def sample(denoiser: Denoiser, shape: Sequence[int], *, steps: int = 50, sampler
         x = x_start.to(device=device, dtype=dtype) + noise * sigma0
     return sampler_fn(denoiser, x, sigmas.to(device), cond=cond, generator=generator, callback=callback,
                       **sampler_options)
+
+
+# --- pure helpers of a stage's sampling ----------------------------------------------------------
+
+
+def img2img_sigmas(sigmas: torch.Tensor, steps: int, strength: float) -> torch.Tensor:
+    """The tail of `sigmas` (steps + 1 entries) that img2img at `strength` runs: diffusers'
+    get_timesteps skips the first steps - int(steps * strength)."""
+    tail = sigmas[steps - min(int(steps * strength), steps):]
+    if len(tail) < 2:
+        raise ValueError(f"strength {strength} with {steps} steps leaves no step to run")
+    return tail
+
+
+def initial_sample(noise: torch.Tensor, sigma0: float, noise_scale: float, start: torch.Tensor | None) -> torch.Tensor:
+    """x at the first sigma (VE form): unit `noise` scaled to `noise_scale` (pure noise), or a clean
+    sample `start` plus noise at sigma0 (img2img)."""
+    return noise * noise_scale if start is None else start + noise * sigma0
+
+
+def to_vp(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A VE-form sample at `sigma` in VP form, x / sqrt(1 + sigma^2) (the sample diffusers decodes)."""
+    return x / math.sqrt(1 + float(sigma) ** 2)
+
+
+def mask_blend(repaint: torch.Tensor, known_x0: torch.Tensor, noise: torch.Tensor,
+               sigmas: torch.Tensor) -> Callable[[int, torch.Tensor], None]:
+    """Inpainting with any model (Lugmayr et al. 2022, RePaint's known-region step, as diffusers does):
+    a sampler callback that, after step i, sets the kept region (repaint = 0) to the clean sample
+    `known_x0` (an image's latents or pixels) noised to sigmas[i + 1] with the initial noise; after
+    the last step, to the clean sample itself (in the VE form of the final sigma)."""
+
+    def blend(i: int, x: torch.Tensor) -> None:
+        s = float(sigmas[i + 1])
+        last = i == len(sigmas) - 2
+        known = known_x0 * math.sqrt(1 + s**2) if last else known_x0 + noise * s
+        x.copy_(repaint * x + (1 - repaint) * known)  # the sampler goes on from the edited x
+
+    return blend

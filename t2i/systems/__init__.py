@@ -1,10 +1,16 @@
-"""Floor 4: one short file per system, composition only (which encoder, networks, stages, guidance)."""
+"""Floor 4: one short file per system, composition only (which encoder, networks, stages, guidance).
+A system joins by `@register("name")` (t2i.systems.system): `t2i.load`, the CLI and the contract test
+find it in `SYSTEMS`."""
 
-from t2i.systems.base import SamplingConfig, ScheduleConfig, TextConfig
+from t2i.diffusion.config import SamplingConfig, ScheduleConfig
+from t2i.systems.base import TextConfig
 from t2i.systems.glide import GLIDE, GLIDEConfig, GLIDEStageConfig
 from t2i.systems.ldm import LDM, LDMConfig
+from t2i.systems.request import CAPABILITIES, GenerationRequest
+from t2i.systems.system import REGISTRY, System, SystemBase, register
 
-SYSTEMS = {"ldm": LDM, "glide": GLIDE}  # system.json's "system" -> the class that loads that folder
+SYSTEMS = REGISTRY  # system.json's "system" -> the class that loads that folder
 
-__all__ = ["GLIDE", "GLIDEConfig", "GLIDEStageConfig", "LDM", "LDMConfig", "SYSTEMS", "SamplingConfig",
-           "ScheduleConfig", "TextConfig"]
+__all__ = ["CAPABILITIES", "GLIDE", "GLIDEConfig", "GLIDEStageConfig", "GenerationRequest", "LDM", "LDMConfig",
+           "REGISTRY", "SYSTEMS", "SamplingConfig", "ScheduleConfig", "System", "SystemBase", "TextConfig",
+           "register"]

@@ -12,7 +12,6 @@ Composition only: the math is `t2i.diffusion`, the networks `t2i.nn`, the encode
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -21,20 +20,21 @@ import torch
 from PIL import Image
 from torch import nn
 
-from t2i.diffusion import (ClassifierFreeGuidance, ConcatInputs, DiscreteDenoiser, GradientGuidance, StaticThreshold,
-                           sample)
+from t2i.diffusion import ConcatInputs, DiscreteDenoiser
 from t2i.diffusion.conditioning import inpaint_condition, lowres_condition
+from t2i.diffusion.config import SamplingConfig, ScheduleConfig, check_fields
 from t2i.diffusion.guidance import LogProb
 from t2i.diffusion.samplers import randn
+from t2i.io.images import image_to_tensor, mask_to_tensor
 from t2i.nn.unet import UNet, UNetConfig
-from t2i.systems.base import (SamplingConfig, ScheduleConfig, StepBar, TextConfig, _check_fields, build_text_encoder,
-                              encode_prompts, image_to_tensor, labelled_images, load_module, load_text_encoder,
-                              mask_blend, mask_to_tensor, read_system_json, read_tokenizer, save_module,
-                              save_text_encoder, write_system_json)
+from t2i.systems.base import (TextConfig, build_text_encoder, encode_prompts, load_module, load_text_encoder,
+                              read_system_json, read_tokenizer, save_module, save_text_encoder, write_system_json)
 from t2i.systems.guides import Guide, guide_folder, load_guide
+from t2i.systems.request import GUIDANCE_TYPES, GenerationRequest
+from t2i.systems.stage import Guidance, StageRun, default_threshold, guided, sample_stage
+from t2i.systems.system import SystemBase, register
 
 FORMAT = 1  # version of the t2i GLIDE folder layout written by `save`
-GUIDANCE_TYPES = ("cfg", "clip", "classifier")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class GLIDEStageConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GLIDEStageConfig":
-        _check_fields(cls, d)
+        check_fields(cls, d)
         parts = {"unet": UNetConfig, "text": TextConfig, "schedule": ScheduleConfig, "sampling": SamplingConfig}
         return cls(**{k: parts[k].from_dict(v) if k in parts else v for k, v in d.items()})
 
@@ -106,7 +106,7 @@ class GLIDEConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GLIDEConfig":
-        _check_fields(cls, d)
+        check_fields(cls, d)
         up = d.get("upsampler")
         return cls(GLIDEStageConfig.from_dict(d.get("base", {})),
                    None if up is None else GLIDEStageConfig.from_dict(up))
@@ -132,27 +132,22 @@ class GLIDEStage(nn.Module):
         t = torch.full((batch,), self.config.lowres_noise * (self.schedule.num_timesteps - 1))
         return self.schedule.t_to_sigma(t)
 
-    def denoiser(self, cond: dict[str, torch.Tensor], uncond: dict[str, torch.Tensor] | None, guidance: float,
-                 guide: LogProb | None, extra: torch.Tensor | None) -> Callable:
-        """DiscreteDenoiser over the UNet (behind ConcatInputs when there are extra channels), wrapped in
-        classifier-free guidance (uncond given) or gradient guidance (guide given); cond gets `concat`."""
-        net: Callable = self.unet
-        if extra is not None:
-            net = ConcatInputs(self.unet)
-            cond["concat"] = extra
-            if uncond is not None:
-                uncond["concat"] = extra
-        den: Callable = DiscreteDenoiser(net, self.schedule, self.config.prediction)
-        if guide is not None:
-            den = GradientGuidance(den, guide, guidance)
-        elif uncond is not None:
-            den = ClassifierFreeGuidance(den, guidance, uncond)
-        if self.config.sampling.clip_sample > 0:
-            den = StaticThreshold(den, self.config.sampling.clip_sample)
-        return den
+
+@dataclass
+class StagePlan:
+    """What one GLIDE stage samples: its settings, guidance, size (H, W), init image / mask and low-res input."""
+
+    settings: SamplingConfig
+    scale: float
+    log_prob: LogProb | None
+    size: tuple[int, int]
+    strength: float = 1.0
+    image: Image.Image | None = None
+    lowres: torch.Tensor | None = None
 
 
-class GLIDE(nn.Module):
+@register("glide")
+class GLIDE(SystemBase):
     """GLIDE: `generate(prompt, ...)` -> PIL images from the base stage, enlarged by the upsampler if any."""
 
     guidance_types = GUIDANCE_TYPES  # what `guidance_type` accepts (systems without it: classifier-free only)
@@ -174,9 +169,34 @@ class GLIDE(nn.Module):
     def stages(self) -> list[GLIDEStage]:
         return [self.base] + ([self.upsampler] if self.upsampler is not None else [])
 
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "GLIDE":
+        """A tiny random base (16 px) + 2x upsampler, for contract tests."""
+        from t2i.encoders import WordTokenizer
+
+        torch.manual_seed(seed)
+        unet = dict(out_channels=3, block_channels=(16, 32), num_res_blocks=1, attention_levels=(1,),
+                    attention_block="adm", num_heads=2, head_dim=None, context_dim=32, pooled_dim=32, norm_groups=8)
+        stage = dict(text=TextConfig(encoder=dict(width=32, layers=1, heads=4, max_length=12), pooled=True),
+                     sampling=SamplingConfig(sampler="ddim", steps=3, guidance=3.0, spacing="linspace", offset=0))
+        config = GLIDEConfig(GLIDEStageConfig(unet=UNetConfig(in_channels=3, **unet), sample_size=16, **stage),
+                             GLIDEStageConfig(unet=UNetConfig(in_channels=6, **unet), sample_size=32, lowres_size=16,
+                                              lowres_noise=0.1, **stage))
+        return cls.build(config, WordTokenizer.for_shapes(), name="tiny-glide")
+
     @property
-    def device(self) -> torch.device:
-        return next(self.base.unet.parameters()).device
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(("inpaint",) if self.config.base.inpaint else ("txt2img", "img2img", "inpaint"))
+
+    def unsupported(self, capability: str) -> str:
+        if self.config.base.inpaint:
+            return "this is an inpainting model: give an init image and a mask"
+        return super().unsupported(capability)
+
+    def check(self, request: GenerationRequest) -> GenerationRequest:
+        """The capability check, and the request's guide resolved (`resolve_guide`)."""
+        guide = self.resolve_guide(request.guidance_type, request.guide)
+        return super().check(dataclasses.replace(request, guide=guide) if guide is not request.guide else request)
 
     # --- sampling -----------------------------------------------------------------------------------
 
@@ -211,134 +231,74 @@ class GLIDE(nn.Module):
                              f"not {type(guide).__name__}")
         return guide
 
-    @torch.no_grad()
-    def sample(self, prompt: str | list[str], *, negative_prompt: str = "", num_images: int = 1, seed: int = 0,
-               steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
-               width: int | None = None, height: int | None = None, image: Image.Image | None = None,
-               mask: Image.Image | None = None, strength: float = 1.0, guidance_type: str = "cfg",
-               guide: Guide | LogProb | str | Path | None = None,
-               progress: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1], B = prompts x num_images, all noise from one CPU generator
-        seeded with `seed`. width / height are the final size (the upsampler's output when there is one).
-        `image` alone: img2img at `strength`; with `mask` (white = repaint): inpainting, the kept region
-        blended in after every step of every stage. `steps`, `sampler`, `guidance`, `guidance_type` and
-        `guide` apply to the base stage; the upsampler samples with its own settings.
-        guidance_type "clip" / "classifier": D + guidance * sigma^2 grad log p(prompt | x_t) instead of
-        classifier-free guidance, from `guide` (`resolve_guide`: a Guide or guide folder, whose log_prob is
-        built for each image's prompt, or a callable (x, sigma, cond) -> (B,); default the folder's
-        guide_<type>/)."""
+    def settings(self, r: GenerationRequest) -> tuple[str, int, float]:
+        s = self.config.base.sampling
+        return (s.sampler if r.sampler is None else r.sampler, s.steps if r.steps is None else r.steps,
+                s.guidance if r.guidance is None else r.guidance)
+
+    def total_steps(self, r: GenerationRequest) -> int:
+        steps = self.settings(r)[1]
+        base = min(int(steps * r.strength), steps) if r.image is not None else steps
+        return base + sum(c.sampling.steps for c in self.config.stages[1:])
+
+    def extra_metadata(self, r: GenerationRequest) -> dict[str, str]:
+        meta = {"guidance_type": r.guidance_type}
+        if isinstance(r.guide, Guide):
+            meta["guide"] = r.guide.name
+        return meta
+
+    def run(self, r: GenerationRequest, progress: Callable[[int], None] | None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1]; width / height are the final size. The request's steps, sampler,
+        guidance and guide apply to the base stage; later stages sample with their own settings, each fed
+        the previous stage's image. With a mask, the kept region is blended in at every stage."""
         cfg = self.config
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise ValueError("the prompt is empty: give the text to draw")
-        guide = self.resolve_guide(guidance_type, guide)
-        if mask is not None and image is None:
-            raise ValueError("inpainting needs an init image as well as a mask")
-        if mask is not None and mask.size != image.size:
-            raise ValueError(f"the mask is {mask.size[0]}x{mask.size[1]} px but the image is "
-                             f"{image.size[0]}x{image.size[1]}: they must be the same size")
-        if cfg.base.inpaint and mask is None:
-            raise ValueError("this is an inpainting model: give an init image and a mask")
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        final = cfg.stages[-1].sample_size
-        width, height = width or (image.size[0] if image else final), height or (image.size[1] if image else final)
+        width, height = r.size(cfg.stages[-1].sample_size)
         m = cfg.factor * 2 ** (len(cfg.base.unet.block_channels) - 1)
         if width < m or height < m or width % m or height % m:
             raise ValueError(f"this model makes images whose sides are multiples of {m} px; got {width}x{height}")
-
-        batch = [p for p in prompts for _ in range(num_images)]
-        generator = torch.Generator().manual_seed(seed)
+        generator, guide = torch.Generator().manual_seed(r.seed), r.guide
         base_size = (height // cfg.factor, width // cfg.factor)
         if isinstance(guide, Guide):
             if base_size != (guide.image_size, guide.image_size):
                 raise ValueError(f"the {guide.kind} guide sees {guide.image_size} px images but the base stage "
                                  f"samples {base_size[1]}x{base_size[0]} px")
-            guide = guide.log_prob(batch)
-        settings = dataclasses.replace(cfg.base.sampling, **{k: v for k, v in (("sampler", sampler), ("steps", steps))
-                                                             if v is not None})
-        scale = cfg.base.sampling.guidance if guidance is None else guidance
-        x = self._sample_stage(self.base, settings, batch, negative_prompt, scale, guide, generator, base_size,
-                               image, mask, strength, None, progress)
-        if self.upsampler is not None:
-            up = cfg.upsampler
-            x = self._sample_stage(self.upsampler, up.sampling, batch, negative_prompt, up.sampling.guidance, None,
-                                   generator, (height, width), image if mask is not None else None, mask, 1.0, x,
-                                   progress)
+            guide = guide.log_prob(r.batch)
+        sampler, steps, scale = self.settings(r)
+        plan = StagePlan(dataclasses.replace(cfg.base.sampling, sampler=sampler, steps=steps), scale, guide,
+                         base_size, r.strength if r.image is not None else 1.0, r.image)
+        x = None
+        for stage in self.stages:
+            if x is not None:  # a later stage: its own settings, the whole image size, the previous image
+                s = stage.config.sampling
+                plan = StagePlan(s, s.guidance, None, (height, width), 1.0, r.image if r.mask else None, x)
+            x = self._sample_stage(stage, r, plan, generator, progress)
         return (x / 2 + 0.5).clamp(0, 1).float().cpu()
 
-    def _sample_stage(self, stage: GLIDEStage, settings: SamplingConfig, batch: list[str], negative_prompt: str,
-                      guidance: float, guide: LogProb | None, generator: torch.Generator, size: tuple[int, int],
-                      image: Image.Image | None, mask: Image.Image | None, strength: float,
-                      lowres: torch.Tensor | None, progress: Callable[[int], None] | None) -> torch.Tensor:
+    def _sample_stage(self, stage: GLIDEStage, r: GenerationRequest, plan: StagePlan, generator: torch.Generator,
+                      progress: Callable[[int], None] | None) -> torch.Tensor:
         """One stage's images (B, 3, H, W) in [-1, 1]."""
         device, dtype = self.device, next(stage.unet.parameters()).dtype
+        batch, size = r.batch, plan.size
         shape = (len(batch), 3, *size)
         cond = stage.encode_text(batch)
-        uncond = stage.encode_text([negative_prompt] * len(batch)) if guide is None and guidance != 1.0 else None
-        sigmas = settings.sigmas(stage.schedule, settings.steps)
-        if image is not None:  # diffusers' get_timesteps: skip the first steps - int(steps * strength)
-            sigmas = sigmas[settings.steps - min(int(settings.steps * strength), settings.steps):]
-            if len(sigmas) < 2:
-                raise ValueError(f"strength {strength} with {settings.steps} steps leaves no step to run")
-        pixels = None if image is None else image_to_tensor(image, size[::-1]).to(device, dtype).expand(shape)
-        repaint = None if mask is None else mask_to_tensor(mask.resize(size[::-1], Image.NEAREST)).to(device, dtype)
-
+        use_cfg = plan.log_prob is None and plan.scale != 1.0
+        uncond = stage.encode_text([r.negative_prompt] * len(batch)) if use_cfg else None
+        pixels = None if plan.image is None else image_to_tensor(plan.image, size[::-1]).to(device, dtype).expand(shape)
+        repaint = None if r.mask is None else mask_to_tensor(r.mask.resize(size[::-1], Image.NEAREST)).to(device, dtype)
         parts = []
-        if lowres is not None:  # the previous stage's image, noise-augmented and enlarged
-            sigma = stage.lowres_sigma(len(batch))
-            noise = randn(lowres.shape, lowres, generator)
-            parts.append(lowres_condition(lowres.to(device, dtype), size, sigma, noise))
+        if plan.lowres is not None:  # the previous stage's image, noise-augmented and enlarged
+            noise = randn(plan.lowres.shape, plan.lowres, generator)
+            parts.append(lowres_condition(plan.lowres.to(device, dtype), size, stage.lowres_sigma(len(batch)), noise))
         if stage.config.inpaint:
             parts.append(inpaint_condition(pixels, repaint.expand(len(batch), -1, -1, -1)))
-        extra = torch.cat(parts, dim=1) if parts else None
-        denoiser = stage.denoiser(cond, uncond, guidance, guide, extra)
-
-        noise = randn(shape, torch.empty((), device=device, dtype=dtype), generator)
-        sigma0 = float(sigmas[0])
-        fresh = pixels is None or (mask is not None and strength == 1)
-        x_T = noise * settings.noise_scale(sigma0) if fresh else pixels + noise * sigma0
-        blend = None if mask is None else mask_blend(repaint, pixels, noise, sigmas)
-
-        def callback(i: int, x: torch.Tensor, x0: torch.Tensor, sigma: float) -> None:
-            if blend is not None:
-                blend(i, x)
-            if progress is not None:
-                progress(i)
-
-        options = {"eta": settings.eta} if settings.sampler == "ddim" else {}
-        x = sample(denoiser, shape, sampler=settings.sampler, sigmas=sigmas, cond=cond, generator=generator, x_T=x_T,
-                   device=device, dtype=dtype, callback=callback, **options)
-        return x / math.sqrt(1 + float(sigmas[-1]) ** 2)  # the VP sample
-
-    def generate(self, prompt: str | list[str], *, negative_prompt: str = "", num_images: int = 1, seed: int = 0,
-                 steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
-                 width: int | None = None, height: int | None = None, image: Image.Image | None = None,
-                 mask: Image.Image | None = None, strength: float = 1.0, guidance_type: str = "cfg",
-                 guide: Guide | LogProb | str | Path | None = None, progress: bool = False) -> list[Image.Image]:
-        """PIL images; each carries its generation parameters in `.info` (written by `save_png`).
-        guidance_type "clip" / "classifier" takes `guide` or the folder's guide_<type>/ (`sample`)."""
-        base = self.config.base.sampling
-        guide = self.resolve_guide(guidance_type, guide)
-        steps = steps or base.steps
-        total = min(int(steps * strength), steps) if image is not None else steps
-        bar = StepBar(total + (self.config.upsampler.sampling.steps if self.upsampler is not None else 0))
-        try:
-            x = self.sample(prompt, negative_prompt=negative_prompt, num_images=num_images, seed=seed, steps=steps,
-                            sampler=sampler, guidance=guidance, width=width, height=height, image=image, mask=mask,
-                            strength=strength, guidance_type=guidance_type, guide=guide,
-                            progress=bar if progress else None)
-        finally:
-            bar.close()
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        meta = {"negative_prompt": negative_prompt, "seed": str(seed), "sampler": sampler or base.sampler,
-                "steps": str(steps), "model": self.name, "guidance_type": guidance_type,
-                "guidance": str(base.guidance if guidance is None else guidance)}
-        if isinstance(guide, Guide):
-            meta["guide"] = guide.name
-        if image is not None:
-            meta.update(mode="inpaint" if mask is not None else "img2img", strength=str(strength))
-        return labelled_images(x, prompts, num_images, meta)
+        net = ConcatInputs(stage.unet) if parts else stage.unet
+        guidance = Guidance(plan.scale, uncond, plan.log_prob, default_threshold(plan.settings, r.threshold))
+        denoiser = guided(DiscreteDenoiser(net, stage.schedule, stage.config.prediction), guidance,
+                          {"concat": torch.cat(parts, dim=1)} if parts else None)
+        fresh = pixels is None or (r.mask is not None and plan.strength == 1)
+        run = StageRun(shape, plan.settings, cond, plan.strength, init=None if fresh else pixels, known=pixels,
+                       repaint=repaint, progress=progress, device=device, dtype=dtype)
+        return sample_stage(denoiser, run, generator)
 
     # --- the t2i folder: system.json, base/ and upsampler/ (unet, text encoder, tokenizer) ------------
 

@@ -26,7 +26,7 @@ from t2i.encoders.clip import CLIPConfig, CLIPModel
 from t2i.encoders.labels import NUM_LABELS, labels_from_prompts
 from t2i.encoders.tokenizer import WordTokenizer
 from t2i.nn.classifier import ClassifierConfig, NoisyClassifier
-from t2i.systems.base import ScheduleConfig, _check_fields, load_module, save_module, write_system_json
+from t2i.systems.base import ScheduleConfig, check_fields, load_module, save_module, write_system_json
 
 GUIDE_FORMAT = 1  # version of the guide folder layout written by `Guide.save`
 
@@ -57,7 +57,7 @@ class GuideConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GuideConfig":
-        _check_fields(cls, d)
+        check_fields(cls, d)
         return cls(**d)
 
 

@@ -7,7 +7,6 @@ Composition only: the math is `t2i.diffusion`, the networks `t2i.nn`, the encode
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -17,14 +16,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from t2i.diffusion import ClassifierFreeGuidance, ConcatInputs, DiscreteDenoiser, StaticThreshold, sample
+from t2i.diffusion import ConcatInputs, DiscreteDenoiser
+from t2i.diffusion.config import SamplingConfig, ScheduleConfig, check_fields
 from t2i.diffusion.samplers import randn
+from t2i.io.images import image_to_tensor, mask_to_tensor
 from t2i.nn.autoencoder import AutoencoderConfig, AutoencoderKL
 from t2i.nn.unet import UNet, UNetConfig
-from t2i.systems.base import (SamplingConfig, ScheduleConfig, StepBar, TextConfig, _check_fields, build_text_encoder,
-                              encode_prompts, image_to_tensor, labelled_images, load_module, load_text_encoder,
-                              mask_blend, mask_to_tensor, read_system_json, read_tokenizer, save_module,
-                              save_text_encoder, write_system_json)
+from t2i.systems.base import (TextConfig, build_text_encoder, encode_prompts, load_module, load_text_encoder,
+                              read_system_json, read_tokenizer, save_module, save_text_encoder, write_system_json)
+from t2i.systems.request import GenerationRequest
+from t2i.systems.stage import Guidance, StageRun, default_threshold, guided, sample_stage
+from t2i.systems.system import SystemBase, register
 
 FORMAT = 1  # version of the t2i system folder layout written by `save`
 
@@ -64,14 +66,15 @@ class LDMConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LDMConfig":
-        _check_fields(cls, d)
+        check_fields(cls, d)
         parts = {"unet": UNetConfig, "autoencoder": AutoencoderConfig, "text": TextConfig,
                  "schedule": ScheduleConfig, "sampling": SamplingConfig}
         return cls(**{k: parts[k].from_dict(v) if k in parts else v for k, v in d.items()})
 
 
-class LDM(nn.Module):
-    """A latent text-to-image diffusion system: `generate(prompt, ...)` -> PIL images."""
+@register("ldm")
+class LDM(SystemBase):
+    """A latent text-to-image diffusion system, one stage then the VAE decoder: `generate(prompt, ...)`."""
 
     def __init__(self, config: LDMConfig, unet: UNet, autoencoder: AutoencoderKL, text_encoder: nn.Module,
                  name: str = "ldm"):
@@ -86,9 +89,28 @@ class LDM(nn.Module):
         return cls(config, UNet(config.unet), AutoencoderKL(config.autoencoder),
                    build_text_encoder(config.text, tokenizer), name)
 
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "LDM":
+        """A few-thousand-parameter system on random weights (16 px images), for contract tests."""
+        from t2i.encoders import WordTokenizer
+
+        torch.manual_seed(seed)
+        config = LDMConfig(
+            unet=UNetConfig(in_channels=4, out_channels=4, block_channels=(32, 64), num_res_blocks=1,
+                            attention_levels=(0,), num_heads=4, context_dim=32, norm_groups=8),
+            autoencoder=AutoencoderConfig(channels=(32, 64), layers_per_block=1, norm_groups=8),
+            text=TextConfig(encoder=dict(width=32, layers=1, heads=4, max_length=12)),
+            sampling=SamplingConfig(sampler="ddim", steps=3, guidance=3.0), sample_size=16)
+        return cls.build(config, WordTokenizer.for_shapes(), "tiny-ldm")
+
     @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(("inpaint",) if self.config.inpainting else ("txt2img", "img2img", "inpaint"))
+
+    def unsupported(self, capability: str) -> str:
+        if self.config.inpainting:
+            return "this is an inpainting model: give an init image and a mask"
+        return super().unsupported(capability)
 
     # --- conditioning -------------------------------------------------------------------------------
 
@@ -106,118 +128,50 @@ class LDM(nn.Module):
 
     # --- sampling -----------------------------------------------------------------------------------
 
-    def _check(self, prompts: list[str], steps: int, width: int, height: int, strength: float) -> None:
-        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise ValueError("the prompt is empty: give the text to draw")
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        m = self.config.size_multiple
+    def settings(self, r: GenerationRequest) -> tuple[str, int, float]:
+        s = self.config.sampling
+        return (s.sampler if r.sampler is None else r.sampler, s.steps if r.steps is None else r.steps,
+                s.guidance if r.guidance is None else r.guidance)
+
+    def total_steps(self, r: GenerationRequest) -> int:
+        steps = self.settings(r)[1]
+        return min(int(steps * r.strength), steps) if r.image is not None else steps
+
+    def run(self, r: GenerationRequest, progress: Callable[[int], None] | None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1]: text-to-image, img2img (`image`, `strength`) or inpainting
+        (`image` + `mask`, white = repaint), noise drawn in the order diffusers' pipelines draw it."""
+        cfg = self.config
+        sampler, steps, guidance = self.settings(r)
+        settings = dataclasses.replace(cfg.sampling, sampler=sampler, steps=steps)
+        width, height = r.size(cfg.sample_size)
+        m = cfg.size_multiple
         if width < m or height < m or width % m or height % m:
             raise ValueError(f"this model makes images whose sides are multiples of {m} px; got {width}x{height}")
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-
-    @torch.no_grad()
-    def sample(self, prompt: str | list[str], *, negative_prompt: str = "", num_images: int = 1, seed: int = 0,
-               steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
-               width: int | None = None, height: int | None = None, image: Image.Image | None = None,
-               mask: Image.Image | None = None, strength: float = 1.0,
-               progress: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1]: text-to-image, img2img (`image`, `strength`) or inpainting
-        (`image` + `mask`, white = repaint). B = prompts x num_images, all drawn from one CPU
-        generator seeded with `seed`, in the order diffusers' pipelines draw them."""
-        cfg = self.config
-        settings = dataclasses.replace(cfg.sampling, **{k: v for k, v in
-                                                        (("sampler", sampler), ("steps", steps)) if v is not None})
-        guidance = cfg.sampling.guidance if guidance is None else guidance
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if mask is not None and image is None:
-            raise ValueError("inpainting needs an init image as well as a mask")
-        if image is not None:
-            width, height = width or image.size[0], height or image.size[1]
-        width, height = width or cfg.sample_size, height or cfg.sample_size
-        self._check(prompts, settings.steps, width, height, strength)
-        if cfg.inpainting and mask is None:
-            raise ValueError("this is an inpainting model: give an init image and a mask")
-        if mask is not None and mask.size != image.size:
-            raise ValueError(f"the mask is {mask.size[0]}x{mask.size[1]} px but the image is "
-                             f"{image.size[0]}x{image.size[1]}: they must be the same size")
-
         device, dtype = self.device, next(self.unet.parameters()).dtype
-        batch = [p for p in prompts for _ in range(num_images)]
-        generator = torch.Generator().manual_seed(seed)
+        batch, generator = r.batch, torch.Generator().manual_seed(r.seed)
         cond = self.encode_text(batch)
-        uncond = self.encode_text([negative_prompt] * len(batch)) if guidance > 1 else None
-
-        sigmas = settings.sigmas(self.schedule, settings.steps)
-        if image is not None:  # diffusers' get_timesteps: skip the first steps - int(steps * strength)
-            skip = settings.steps - min(int(settings.steps * strength), settings.steps)
-            sigmas = sigmas[skip:]
-            if len(sigmas) < 2:
-                raise ValueError(f"strength {strength} with {settings.steps} steps leaves no step to run")
+        uncond = self.encode_text([r.negative_prompt] * len(batch)) if guidance > 1 else None
         f = cfg.autoencoder.downscale
         shape = (len(batch), cfg.autoencoder.latent_channels, height // f, width // f)
-
-        pixels = image_to_tensor(image, (width, height)).to(device, dtype) if image is not None else None
-        keep = None if mask is None else mask_to_tensor(mask.resize((width, height), Image.NEAREST)).to(device, dtype)
-        image_latents = None
-        if pixels is not None and (keep is None or not cfg.inpainting or strength < 1):
-            image_latents = self.encode_image(pixels, generator).expand(shape)  # one draw, shared by the batch
+        pixels = image_to_tensor(r.image, (width, height)).to(device, dtype) if r.image is not None else None
+        keep = None if r.mask is None else mask_to_tensor(r.mask.resize((width, height), Image.NEAREST)).to(device, dtype)
+        latents = None
+        if pixels is not None and (keep is None or not cfg.inpainting or r.strength < 1):
+            latents = self.encode_image(pixels, generator).expand(shape)  # one draw, shared by the batch
         noise = randn(shape, torch.empty((), device=device, dtype=dtype), generator)
-        sigma0 = float(sigmas[0])
-        x_T = noise * settings.noise_scale(sigma0) if image_latents is None or (keep is not None and strength == 1) \
-            else image_latents + noise * sigma0
-
-        net: Callable = self.unet
-        if cfg.inpainting:
+        extra = None
+        if cfg.inpainting:  # the mask and the masked image's latents as extra channels
             masked = self.encode_image(pixels * (keep < 0.5), generator)  # (1, C, h, w)
-            extra = torch.cat([F.interpolate(keep, size=shape[2:]), masked], 1).expand(len(batch), -1, -1, -1)
-            net = ConcatInputs(self.unet)
-            cond = dict(cond, concat=extra)
-            uncond = dict(uncond, concat=extra) if uncond is not None else None
-        denoiser: Callable = DiscreteDenoiser(net, self.schedule, cfg.prediction)
-        if uncond is not None:
-            denoiser = ClassifierFreeGuidance(denoiser, guidance, uncond)
-        if settings.clip_sample > 0:
-            denoiser = StaticThreshold(denoiser, settings.clip_sample)
-
-        blend = None
-        if keep is not None and not cfg.inpainting:
-            blend = mask_blend(F.interpolate(keep, size=shape[2:]), image_latents, noise, sigmas)
-
-        def callback(i: int, x: torch.Tensor, x0: torch.Tensor, sigma: float) -> None:
-            if blend is not None:
-                blend(i, x)
-            if progress is not None:
-                progress(i)
-
-        options = {"eta": settings.eta} if settings.sampler == "ddim" else {}
-        x = sample(denoiser, shape, sampler=settings.sampler, sigmas=sigmas, cond=cond, generator=generator,
-                   x_T=x_T, device=device, dtype=dtype, callback=callback, **options)
-        latents = x / math.sqrt(1 + float(sigmas[-1]) ** 2)  # the VP sample, as diffusers decodes it
-        return self.decode(latents).float().cpu()
-
-    def generate(self, prompt: str | list[str], *, negative_prompt: str = "", num_images: int = 1, seed: int = 0,
-                 steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
-                 width: int | None = None, height: int | None = None, image: Image.Image | None = None,
-                 mask: Image.Image | None = None, strength: float = 1.0, progress: bool = False) -> list[Image.Image]:
-        """PIL images; each carries its generation parameters in `.info` (written by `save_png`)."""
-        steps = steps or self.config.sampling.steps
-        bar = StepBar(min(int(steps * strength), steps) if image is not None else steps)
-        try:
-            x = self.sample(prompt, negative_prompt=negative_prompt, num_images=num_images, seed=seed, steps=steps,
-                            sampler=sampler, guidance=guidance, width=width, height=height, image=image, mask=mask,
-                            strength=strength, progress=bar if progress else None)
-        finally:
-            bar.close()
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        meta = {"negative_prompt": negative_prompt, "seed": str(seed),
-                "sampler": sampler or self.config.sampling.sampler,
-                "steps": str(steps), "model": self.name,
-                "guidance": str(self.config.sampling.guidance if guidance is None else guidance)}
-        if image is not None:
-            meta.update(mode="inpaint" if mask is not None else "img2img", strength=str(strength))
-        return labelled_images(x, prompts, num_images, meta)
+            extra = {"concat": torch.cat([F.interpolate(keep, size=shape[2:]), masked], 1)}
+        net = ConcatInputs(self.unet) if cfg.inpainting else self.unet
+        denoiser = guided(DiscreteDenoiser(net, self.schedule, cfg.prediction),
+                          Guidance(guidance, uncond, threshold=default_threshold(settings, r.threshold)), extra)
+        blend = keep is not None and not cfg.inpainting
+        run = StageRun(shape, settings, cond, r.strength if r.image is not None else 1.0,
+                       init=None if latents is None or (keep is not None and r.strength == 1) else latents,
+                       known=latents, repaint=F.interpolate(keep, size=shape[2:]) if blend else None, noise=noise,
+                       progress=progress, device=device, dtype=dtype)
+        return self.decode(sample_stage(denoiser, run, generator)).float().cpu()
 
     # --- the t2i folder -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from t2i.io.images import image_grid  # noqa: F401  (re-exported: the one grid, t2i.io.images)
 from t2i.train.rng import SampleRNG
 
 
@@ -31,19 +32,6 @@ class Stage(Protocol):
     def extras(self) -> dict[str, bytes]:
         """Files saved beside the weights in every checkpoint (e.g. tokenizer.json)."""
         ...
-
-
-def image_grid(images: torch.Tensor, columns: int = 0) -> Image.Image:
-    """Images (N, 3, H, W) in [-1, 1] -> one PIL grid, `columns` wide (default: about square)."""
-    from t2i.data.transforms import to_pil
-
-    n, _, h, w = images.shape
-    columns = columns or max(1, int(n**0.5 + 0.999))
-    rows = (n + columns - 1) // columns
-    grid = Image.new("RGB", (columns * w, rows * h), (0, 0, 0))
-    for i in range(n):
-        grid.paste(to_pil(images[i]), ((i % columns) * w, (i // columns) * h))
-    return grid
 
 
 def first_examples(dataset: Any, n: int) -> tuple[torch.Tensor, list[str]]:

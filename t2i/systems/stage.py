@@ -1,0 +1,87 @@
+"""The stage: a denoiser over a network, its schedule and prediction kind, the conditioning it is
+given, and `sample_stage`, the one function that samples a stage. Every system and the trainer's
+sample grids call it; a cascade calls it once per stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from t2i.diffusion.config import SamplingConfig
+from t2i.diffusion.denoisers import Cond, Denoiser, WithCond
+from t2i.diffusion.guidance import ClassifierFreeGuidance, GradientGuidance, LogProb, thresholded
+from t2i.diffusion.samplers import randn
+from t2i.diffusion.sampling import img2img_sigmas, initial_sample, mask_blend, sample, to_vp
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How a stage's denoiser is steered: classifier-free (uncond given) or by a gradient (log_prob given)."""
+
+    scale: float = 1.0
+    uncond: Cond | None = None  # the negative prompt's conditioning
+    log_prob: LogProb | None = None  # gradient guidance: log p(y | x_t) (CLIP, a noisy classifier)
+    threshold: str = "none"  # none | static[:limit] | dynamic[:percentile]
+
+
+def guided(denoiser: Denoiser, guidance: Guidance, extra: Cond | None = None) -> Denoiser:
+    """The wrapper stack of a stage: prompt-independent conditioning (`extra`, e.g. concat channels),
+    then gradient or classifier-free guidance, then thresholding. Each wrapper forwards the schedule."""
+    if extra:
+        denoiser = WithCond(denoiser, extra)
+    if guidance.log_prob is not None:
+        denoiser = GradientGuidance(denoiser, guidance.log_prob, guidance.scale)
+    elif guidance.uncond is not None:
+        denoiser = ClassifierFreeGuidance(denoiser, guidance.scale, guidance.uncond)
+    return thresholded(denoiser, guidance.threshold)
+
+
+def default_threshold(settings: SamplingConfig, asked: str | None) -> str:
+    """The thresholding a request asks, else the stage's clip_sample (static) or none."""
+    if asked is not None:
+        return asked
+    return f"static:{settings.clip_sample}" if settings.clip_sample > 0 else "none"
+
+
+@dataclass
+class StageRun:
+    """One stage's sampling besides its denoiser: the sample shape (B, C, H, W) or (B, D), the sampler
+    settings, and optionally an init sample (img2img at strength), a known sample + repaint mask
+    (inpainting by blending), the initial unit noise (drawn here when None) and a progress callback."""
+
+    shape: tuple[int, ...]
+    settings: SamplingConfig
+    cond: Cond | None = None
+    strength: float = 1.0
+    init: torch.Tensor | None = None  # a clean sample to start from, noised to the first sigma
+    known: torch.Tensor | None = None  # a clean sample whose region repaint = 0 is kept (RePaint's blend)
+    repaint: torch.Tensor | None = None  # (1|B, 1, H, W): 1 = sample, 0 = keep `known`
+    noise: torch.Tensor | None = None
+    progress: Callable[[int], None] | None = None
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+
+def sample_stage(denoiser: Denoiser, run: StageRun, generator: torch.Generator) -> torch.Tensor:
+    """Sample one stage; returns the final sample in VP form (what a decoder or the next stage takes).
+    The schedule comes from the denoiser (every wrapper forwards it)."""
+    s = run.settings
+    sigmas = img2img_sigmas(s.sigmas(denoiser.schedule, s.steps), s.steps, run.strength)
+    like = torch.empty((), device=run.device, dtype=run.dtype)
+    noise = run.noise if run.noise is not None else randn(run.shape, like, generator)
+    sigma0 = float(sigmas[0])
+    x_T = initial_sample(noise, sigma0, s.noise_scale(sigma0), run.init)
+    blend = None if run.repaint is None else mask_blend(run.repaint, run.known, noise, sigmas)
+
+    def callback(i: int, x: torch.Tensor, x0: torch.Tensor, sigma: float) -> None:
+        if blend is not None:
+            blend(i, x)
+        if run.progress is not None:
+            run.progress(i)
+
+    options = {"eta": s.eta} if s.sampler == "ddim" else {}
+    x = sample(denoiser, run.shape, sampler=s.sampler, sigmas=sigmas, cond=run.cond, generator=generator, x_T=x_T,
+               device=noise.device, dtype=noise.dtype, callback=callback, **options)
+    return to_vp(x, float(sigmas[-1]))

@@ -1,0 +1,102 @@
+"""The `System` protocol and the base every system builds on: `generate(request)` (keywords build a
+request), what it supports, a registry of systems by name, and the images it returns."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+from PIL import Image
+from torch import nn
+
+from t2i.io.images import StepBar, labelled_images
+from t2i.systems.request import CAPABILITIES, GenerationRequest
+
+
+class System(Protocol):
+    name: str
+    capabilities: frozenset[str]
+
+    def supports(self, capability: str) -> bool: ...
+
+    def generate(self, prompt: "str | list[str] | GenerationRequest", **options: Any) -> list[Image.Image]: ...
+
+
+REGISTRY: dict[str, type] = {}  # system.json's "system" -> the class that loads that folder
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: `@register("ldm")` names a system; `t2i.load`, the CLI and the contract test find it."""
+
+    def add(cls: type) -> type:
+        cls.kind = name
+        REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+class SystemBase(nn.Module):
+    """What systems share: request handling, the capability check, progress and labelled images.
+    A subclass sets `capabilities`, and defines `run(request, progress) -> (B, 3, H, W) in [0, 1]`,
+    `total_steps(request)` and `settings(request) -> (sampler, steps, guidance)` for the metadata."""
+
+    kind = ""
+    name = ""
+    guidance_types: tuple[str, ...] = ("cfg",)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(("txt2img", "img2img", "inpaint"))
+
+    def supports(self, capability: str) -> bool:
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability {capability!r}; choose from {', '.join(CAPABILITIES)}")
+        return capability in self.capabilities
+
+    def unsupported(self, capability: str) -> str:
+        """The one-line error for a request this system cannot serve."""
+        return (f"{self.name or self.kind!r} ({type(self).__name__}) does not support {capability}; it supports "
+                f"{', '.join(c for c in CAPABILITIES if c in self.capabilities)}")
+
+    def check(self, request: GenerationRequest) -> GenerationRequest:
+        if not self.supports(request.capability):
+            raise ValueError(self.unsupported(request.capability))
+        if request.guidance_type not in self.guidance_types:
+            raise ValueError(f"--guidance-type {request.guidance_type} needs a GLIDE system; {self.name!r} is "
+                             f"{type(self).__name__}, which takes classifier-free guidance only")
+        return request
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def sample(self, prompt: "str | list[str] | GenerationRequest", **options: Any) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1], B = prompts x num_images, all noise from one CPU generator."""
+        progress = options.pop("progress", None)
+        return self.run(self.check(GenerationRequest.of(prompt, **options)), progress)
+
+    def generate(self, prompt: "str | list[str] | GenerationRequest", **options: Any) -> list[Image.Image]:
+        """PIL images; each carries its generation parameters in `.info` (written by `save_png`)."""
+        request = self.check(GenerationRequest.of(prompt, **options))
+        bar = StepBar(self.total_steps(request))
+        try:
+            x = self.run(request, bar if request.progress else None)
+        finally:
+            bar.close()
+        meta = request.metadata(self.name, *self.settings(request))
+        meta.update(self.extra_metadata(request))
+        return labelled_images(x, list(request.prompts), request.num_images, meta)
+
+    def extra_metadata(self, request: GenerationRequest) -> dict[str, str]:
+        return {}
+
+    def run(self, request: GenerationRequest, progress: Callable[[int], None] | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def total_steps(self, request: GenerationRequest) -> int:
+        raise NotImplementedError
+
+    def settings(self, request: GenerationRequest) -> tuple[str, int, float]:
+        raise NotImplementedError
