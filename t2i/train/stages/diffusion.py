@@ -383,25 +383,20 @@ class DiffusionStage:
     @torch.no_grad()
     def generate(self, prompts: list[str], generator: torch.Generator, steps: int | None = None,
                  guidance: float | None = None) -> torch.Tensor:
-        """Images (N, 3, H, W) in [-1, 1] for prompts, with classifier-free guidance when text-conditioned."""
-        from t2i.diffusion import ClassifierFreeGuidance, sample, sampling_sigmas
+        """Images (N, 3, H, W) in [-1, 1] for prompts, with classifier-free guidance when text-conditioned:
+        the stage sampler every system uses (`t2i.systems.stage`)."""
+        from t2i.diffusion.config import SamplingConfig
+        from t2i.systems.stage import Guidance, StageRun, guided, sample_stage
 
         o = self.options
         cond = self.encode_text(prompts)
-        den = self.denoiser
         scale = o.guidance if guidance is None else guidance
         uncond = self.encode_text([""] * len(prompts)) if cond and scale != 1.0 else None
-        if o.extra_channels:
-            extra = self.grid_conditioning(len(prompts))
-            cond = dict(cond, concat=extra)
-            uncond = dict(uncond, concat=extra) if uncond is not None else None
-        if uncond is not None:
-            den = ClassifierFreeGuidance(den, scale, uncond)
-            if not hasattr(den, "noise_scale"):  # the guided wrapper does not forward it (yet)
-                den.noise_scale = self.denoiser.noise_scale  # type: ignore[attr-defined]
-        sigmas = sampling_sigmas(self.denoiser, steps or o.sample_steps)  # the guided wrapper hides the schedule
-        x = sample(den, (len(prompts), *self.sample_shape), sigmas=sigmas, sampler=o.sampler,
-                   cond=cond or None, generator=generator, device=self.device)
+        extra = {"concat": self.grid_conditioning(len(prompts))} if o.extra_channels else None
+        den = guided(self.denoiser, Guidance(scale, uncond), extra)
+        settings = SamplingConfig(sampler=o.sampler, steps=steps or o.sample_steps, spacing="leading", offset=0)
+        x = sample_stage(den, StageRun((len(prompts), *self.sample_shape), settings, cond or None,
+                                       device=self.device), generator)
         if self.first_stage is not None:
             x = self.first_stage.decode(self.first_stage.unscale(x))
         return x.clamp(-1, 1)
