@@ -82,3 +82,16 @@ def test_loss_trains_tiny_autoencoder(one_thread):
     assert l2.item() == pytest.approx(logs2["rec"] + 0.5 * logs2["kl"], rel=1e-5)
     with pytest.raises(ValueError, match="reconstruction"):
         autoencoder_loss(m, x, reconstruction="lpips")
+
+
+def test_init_logvar_starts_the_posterior_narrow():
+    """The autoencoder stage's init_logvar sets the posterior's log-variance at initialisation, with or
+    without a quant_conv after the encoder (it used to be mixed into the means by quant_conv)."""
+    from t2i.nn.autoencoder import AutoencoderConfig, AutoencoderKL
+    from t2i.train.stages.autoencoder import start_narrow
+
+    for quant in (True, False):
+        ae = AutoencoderKL(AutoencoderConfig(channels=(8, 16), norm_groups=4, use_quant_conv=quant))
+        start_narrow(ae, -8.0)
+        post = ae.encode(torch.randn(2, 3, 16, 16))
+        assert torch.allclose(post.logvar, torch.full_like(post.logvar, -8.0))

@@ -24,7 +24,7 @@ class AutoencoderOptions(TableConfig):
     kl_weight: float = 1e-6
     reconstruction: str = "l1"  # l1 | l2
     num_samples: int = 8  # images reconstructed in each sample grid
-    init_logvar: float = -8.0  # see start_narrow: kept only so the shipped autoencoder's recipe reruns exactly
+    init_logvar: float = -8.0  # the posterior's log-variance at initialisation (start_narrow); 0: off
 
     def check(self) -> None:
         if self.kl_weight < 0:
@@ -46,11 +46,13 @@ def build_autoencoder(net: dict[str, Any]) -> nn.Module:
 
 
 def start_narrow(ae: nn.Module, logvar: float) -> None:
-    """Zero the weights of the encoder's conv_out logvar channels and set their bias to `logvar`.
-    Meant to start the posterior narrow, but quant_conv (a 1x1 conv) follows conv_out and mixes the
-    moments, so it does not: the shipped ShapesWorld autoencoder was trained with it, which is why
-    it stays until that autoencoder is retrained; remove it then."""
-    conv = ae.encoder.conv_out
+    """Start the posterior narrow: the layer that emits the moments (quant_conv, else the encoder's conv_out)
+    gives every latent the log-variance `logvar` and means as before (its logvar rows: zero weight, bias
+    logvar). Until commit 9cd04e7 this was applied to conv_out even before a quant_conv, which mixed it into
+    the means instead; the shipped ShapesWorld autoencoder (t2i/weights/ldm) was trained that way."""
+    if logvar == 0:
+        return
+    conv = ae.quant_conv if ae.quant_conv is not None else ae.encoder.conv_out
     lat = conv.out_channels // 2  # moments are (mean, logvar) along channels
     with torch.no_grad():
         conv.weight[lat:].zero_()
