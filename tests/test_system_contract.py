@@ -1,0 +1,78 @@
+"""The contract every registered system keeps, on tiny random weights (`cls.tiny()`): a system joins
+by `@register("name")` and this test covers it with no further code."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import t2i
+from t2i.api import generate_files
+from t2i.systems import CAPABILITIES, SYSTEMS, GenerationRequest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _noisy(system):
+    with torch.no_grad():  # fresh weights zero some layers: noise everywhere so every path matters
+        for p in system.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return system.eval()
+
+
+@pytest.fixture(scope="module", params=sorted(SYSTEMS))
+def system(request):
+    torch.manual_seed(0)
+    return _noisy(SYSTEMS[request.param].tiny())
+
+
+def arrays(images):
+    return np.stack([np.asarray(im, dtype=np.float32) / 255 for im in images])
+
+
+def test_same_seed_same_image_and_n_images(system):
+    a = system.generate("a red circle", seed=3, num_images=2)
+    b = system.generate(GenerationRequest(("a red circle",), seed=3, num_images=2))
+    assert len(a) == 2 and np.array_equal(arrays(a), arrays(b))
+    assert np.abs(arrays(a) - arrays(system.generate("a red circle", seed=4, num_images=2))).max() > 1e-2
+
+
+def test_a_batch_equals_single_runs(system):
+    prompts = ["a red circle", "two blue squares"]
+    if len(getattr(system, "stages", [0])) > 1:
+        pytest.xfail("a later stage draws its noise after the whole batch's earlier draws: only per-image "
+                     "generators (which would change every saved image) make batch and single runs agree")
+    batch = system.sample(prompts, seed=5)
+    single = system.sample(prompts[:1], seed=5)  # the first row's noise is the single run's noise
+    assert (batch[:1] - single).abs().max() <= 3e-3
+
+
+def test_negative_prompt_changes_the_output(system):
+    a = system.sample("a red circle", seed=1, guidance=4.0)
+    b = system.sample("a red circle", seed=1, guidance=4.0, negative_prompt="a blue square")
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_unsupported_capability_is_a_clear_error(system):
+    unsupported = [c for c in CAPABILITIES if not system.supports(c)]
+    assert unsupported, "every system lacks some capability (caption at least)"
+    if "control" in unsupported:
+        with pytest.raises(ValueError, match="does not support control"):
+            system.generate("a red circle", control=Image.new("RGB", (16, 16)))
+    with pytest.raises(ValueError, match="unknown capability"):
+        system.supports("teleport")
+
+
+def test_save_load_round_trip_is_exact(system, tmp_path):
+    system.save(tmp_path / "s")
+    loaded = t2i.load(tmp_path / "s")
+    assert type(loaded) is type(system)
+    assert all(torch.equal(a, b) for a, b in zip(system.state_dict().values(), loaded.state_dict().values()))
+    assert torch.equal(system.sample("a red circle", seed=2), loaded.sample("a red circle", seed=2))
+
+
+def test_png_metadata_is_written(system, tmp_path):
+    paths = generate_files(system, "a red circle", tmp_path / "out.png", seed=7, num_images=2, progress=False)
+    with Image.open(paths[1]) as im:
+        assert im.info["prompt"] == "a red circle" and im.info["seed"] == "7" and im.info["batch_index"] == "1"
+        assert im.info["model"] == system.name
