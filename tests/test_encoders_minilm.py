@@ -169,6 +169,11 @@ def test_training_leaves_minilm_untouched_and_out_of_the_optimizer(minilm_run):
     for k, v in fresh.items():
         assert torch.equal(text.state_dict()[k], v), k
         assert torch.equal(ckpt.ema[f"text.{k}"], v), k  # copied, not averaged
+    from t2i.io.weights import load_safetensors
+
+    stored = load_safetensors(result.checkpoint / "ema.safetensors")
+    assert not any(k.startswith("text.") and k in dict(text.named_parameters(prefix="text")) for k in stored)
+    assert any(k.startswith("net.") for k in stored)  # the frozen 90 MB is stored once (model.safetensors)
 
 
 def test_minilm_run_loads_as_a_system_and_saves_without_its_weights(minilm_run, tmp_path):

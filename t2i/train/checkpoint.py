@@ -3,7 +3,7 @@
 Layout of `RUN/checkpoints/step_00001000/`:
   config.json          the recipe (and anything the stage adds), to rebuild the model
   model.safetensors    raw trainable weights
-  ema.safetensors      EMA weights, same keys
+  ema.safetensors      EMA weights, same keys but frozen parameters' (stored once, in model.safetensors)
   optimizer.safetensors  AdamW state tensors, keyed "<param index>.<name>"
   state.json           step, data position, LR, optimizer param groups, RNG states of every rank
   <extras>             stage files such as tokenizer.json
@@ -242,12 +242,15 @@ def read_checkpoint(path: str | os.PathLike, device: str = "cpu") -> Checkpoint:
     manifest = verify(path)
     state = json.loads((path / "state.json").read_text())
     opt_meta = state.pop("optimizer")
+    model = load_safetensors(path / "model.safetensors", device)
+    ema = load_safetensors(path / "ema.safetensors", device)
+    ema = {**{k: v for k, v in model.items() if k not in ema}, **ema}  # frozen weights are stored once, in the model
     return Checkpoint(
         path=path,
         step=int(manifest["step"]),
         config=json.loads((path / "config.json").read_text()),
-        model=load_safetensors(path / "model.safetensors", device),
-        ema=load_safetensors(path / "ema.safetensors", device),
+        model=model,
+        ema=ema,
         optimizer=optimizer_from_files(load_safetensors(path / "optimizer.safetensors", device), opt_meta),
         state=state,
     )

@@ -23,6 +23,7 @@ class EMA:
         self.updates = 0
         self.averaged = {k for k, p in module.named_parameters(remove_duplicate=False)
                          if p.requires_grad and p.is_floating_point()}
+        self.frozen = {k for k, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
         self.state = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
                       for k, v in module.state_dict().items()}
 
@@ -53,6 +54,11 @@ class EMA:
             yield
         finally:
             self.module.load_state_dict(raw)
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """The state a checkpoint stores: frozen parameters (a pretrained text encoder) left out, since they
+        equal the model's own and the checkpoint already holds those (`read_checkpoint` fills them back)."""
+        return {k: v for k, v in self.state.items() if k not in self.frozen}
 
     def load(self, state: dict[str, torch.Tensor], updates: int) -> None:
         for k, v in state.items():

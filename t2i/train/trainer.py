@@ -187,7 +187,7 @@ class Trainer:
                      "rng": states, "world": self.dist.world}
             path = ckpt_io.save_checkpoint(
                 self.ckpt_root, self.step, config=self.recipe.to_dict(), model=self.model.state_dict(),
-                ema=self.ema.state, optimizer=self.optimizer.state_dict(), state=state, extras=self.stage.extras(),
+                ema=self.ema.saved_state(), optimizer=self.optimizer.state_dict(), state=state, extras=self.stage.extras(),
                 keep=self.recipe.train.keep_checkpoints, on_file=self.on_save_file)
         self.dist.barrier()
         self.last_checkpoint = path or ckpt_io.step_dir(self.ckpt_root, self.step)
