@@ -190,3 +190,41 @@ class TextTransformer(nn.Module):
         else:  # last real token
             index = mask.long().sum(-1).sub(1).clamp_min(0)
         return x[torch.arange(x.shape[0], device=x.device), index]
+
+
+@dataclass(frozen=True)
+class VectorPriorConfig:
+    """A diffusion prior over (D,) vectors (unCLIP's image embeddings, Ramesh et al. 2022, sec. 2.2)."""
+
+    dim: int = 64  # the vector's size
+    context_dim: int = 64  # the text tokens' width
+    transformer: TransformerConfig = TransformerConfig(width=64, layers=2, heads=4)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dim": self.dim, "context_dim": self.context_dim, "transformer": self.transformer.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VectorPriorConfig:
+        _check_fields(cls, d)
+        return cls(**{**d, "transformer": TransformerConfig.from_dict(d.get("transformer", {}))})
+
+
+class VectorPrior(nn.Module):
+    """net(x (B, D), t (B,), context (B, L, C)) -> (B, D): a transformer over [text tokens, time, x]
+    whose last token's output is the prediction (unCLIP's decoder-only prior, sec. 2.2)."""
+
+    def __init__(self, config: VectorPriorConfig):
+        super().__init__()
+        from t2i.nn.embeddings import timestep_embedding
+
+        w = config.transformer.width
+        self.config, self.embed_t = config, lambda t: timestep_embedding(t, w)
+        self.proj_context, self.proj_in = nn.Linear(config.context_dim, w), nn.Linear(config.dim, w)
+        self.time = nn.Linear(w, w)
+        self.transformer, self.norm, self.proj_out = Transformer(config.transformer), nn.LayerNorm(w), nn.Linear(w, config.dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:  # every token attends (mask unused)
+        time = self.time(self.embed_t(t).to(x.dtype))[:, None]  # (B, 1, W)
+        seq = torch.cat([self.proj_context(context), time, self.proj_in(x)[:, None]], dim=1)  # (B, L + 2, W)
+        return self.proj_out(self.norm(self.transformer(seq))[:, -1])  # (B, D)
