@@ -118,22 +118,15 @@ def check_guidance_type(system, guidance_type: str) -> None:
                          f"{type(system).__name__}, which takes classifier-free guidance only")
 
 
-def generate_files(system, prompt: str, out: str | os.PathLike, *, negative_prompt: str = "", num_images: int = 1,
-                   seed: int = 0, steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
-                   width: int | None = None, height: int | None = None, image=None, mask=None, strength: float = 1.0,
-                   guidance_type: str = "cfg", guide=None, progress: bool = True) -> list[Path]:
+def generate_files(system, prompt, out: str | os.PathLike, **options) -> list[Path]:
     """Generate and write PNGs carrying their parameters (and a grid when num_images > 1); return the paths.
-    guidance_type "clip" / "classifier" (and `guide`) are for systems that list them in `guidance_types` (GLIDE)."""
-    from t2i.systems.base import image_grid, save_png
+    `prompt` is a GenerationRequest, or a prompt with generate()'s keywords (progress defaults to True)."""
+    from t2i.io.images import image_grid, save_png
+    from t2i.systems.request import GenerationRequest
 
-    if num_images < 1:
-        raise ValueError(f"the number of images must be at least 1, got {num_images}")
-    gradient = {} if guidance_type == "cfg" and guide is None else {"guidance_type": guidance_type, "guide": guide}
-    if gradient:
-        check_guidance_type(system, guidance_type)
-    images = system.generate(prompt, negative_prompt=negative_prompt, num_images=num_images, seed=seed, steps=steps,
-                             sampler=sampler, guidance=guidance, width=width, height=height, image=image, mask=mask,
-                             strength=strength, progress=progress, **gradient)
+    defaults = {} if isinstance(prompt, GenerationRequest) else {"progress": True}
+    request = GenerationRequest.of(prompt, **{**defaults, **options})
+    images = system.generate(request)
     paths, grid = output_paths(out, len(images))
     written = [save_png(im, p, im.info) for im, p in zip(images, paths)]
     if grid is not None:
