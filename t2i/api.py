@@ -69,7 +69,7 @@ def model_generator(model: str, settings):
 
     def generate_fn(prompts: list[str], seed: int):
         return system.generate(prompts, seed=seed, steps=settings.steps, sampler=settings.sampler,
-                               guidance=settings.guidance)
+                               guidance=settings.guidance, precision=settings.precision)
 
     return generate_fn
 

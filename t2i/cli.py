@@ -9,6 +9,7 @@ import sys
 
 DEMO_PROMPT = "a red circle to the left of a blue square"
 GUIDANCE_TYPES = ("cfg", "clip", "classifier")  # t2i.systems.glide.GUIDANCE_TYPES, without importing torch to parse
+PRECISIONS = ("fp32", "bf16", "auto")  # t2i.systems.request.PRECISIONS
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +49,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--sampler", default=None, help="--model: sampler (default: the model's)")
     s.add_argument("--guidance", type=float, default=None, help="--model: guidance scale (default: the model's)")
     s.add_argument("--device", default="cpu", help="--model: torch device")
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32", help="--model: fp32, bf16 or auto (see generate)")
     s.add_argument("--size", type=int, default=64, help="render size for --real (scoring is at 64 px)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", metavar="FILE", help="write the result as JSON")
@@ -70,7 +72,8 @@ def _model_settings(args: argparse.Namespace):
     from t2i.eval.run import ModelSettings
 
     try:
-        return ModelSettings(steps=args.steps, sampler=args.sampler, guidance=args.guidance, device=args.device)
+        return ModelSettings(steps=args.steps, sampler=args.sampler, guidance=args.guidance, device=args.device,
+                             precision=getattr(args, "precision", "fp32"))
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -172,6 +175,8 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--out", default="t2i.png", metavar="FILE", help="PNG path; with -n > 1, FILE-i.png + FILE-grid.png")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (exact), bf16 autocast, or auto: bf16 where the CPU/GPU does it natively (faster)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -244,7 +249,7 @@ def _run_generate(args: argparse.Namespace) -> int:
                                num_images=args.num_images, seed=args.seed, steps=args.steps, sampler=args.sampler,
                                guidance=args.guidance, width=args.width, height=args.height, image=image, mask=mask,
                                strength=strength if image is not None else 1.0, guidance_type=args.guidance_type,
-                               guide=guide, progress=not args.no_progress)
+                               guide=guide, precision=args.precision, progress=not args.no_progress)
     except ValueError as e:
         raise UsageError(str(e)) from None
     for path in paths:

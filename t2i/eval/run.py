@@ -18,6 +18,7 @@ class ModelSettings:
     sampler: str | None = None
     guidance: float | None = None
     device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16 | auto (GenerationRequest.precision)
 
     def __post_init__(self) -> None:
         from t2i.diffusion import SAMPLERS

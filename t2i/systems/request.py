@@ -15,6 +15,7 @@ from t2i.diffusion.samplers import SAMPLERS
 
 CAPABILITIES = ("txt2img", "img2img", "inpaint", "vary", "control", "caption")
 GUIDANCE_TYPES = ("cfg", "clip", "classifier")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def _int(name: str, v: Any, low: int) -> None:
@@ -50,6 +51,7 @@ class GenerationRequest:
     mask: Image.Image | None = None  # inpainting: white = repaint
     strength: float = 1.0  # img2img: how much of the image is redrawn, (0, 1]
     control: Image.Image | None = None  # a control image (edges, depth, ...)
+    precision: str = "fp32"  # fp32 | bf16 | auto: the networks under bf16 autocast (auto: where bf16 is native)
     progress: bool = False  # show a progress bar
 
     def __post_init__(self) -> None:
@@ -79,6 +81,8 @@ class GenerationRequest:
         for name in ("width", "height"):
             if getattr(self, name) is not None:
                 _int(name, getattr(self, name), 1)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         _finite("strength", self.strength)
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
@@ -122,6 +126,8 @@ class GenerationRequest:
         """The generation parameters every image carries in PNG text chunks."""
         meta = {"negative_prompt": self.negative_prompt, "seed": str(self.seed), "sampler": sampler,
                 "steps": str(steps), "model": model, "guidance": str(guidance)}
+        if self.precision != "fp32":
+            meta["precision"] = self.precision
         if self.image is not None:
             meta.update(mode="inpaint" if self.mask is not None else "img2img", strength=str(self.strength))
         return meta

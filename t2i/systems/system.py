@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from t2i.io.images import StepBar, labelled_images
+from t2i.nn.precision import resolve_bf16
 from t2i.systems.request import CAPABILITIES, GenerationRequest
 
 
@@ -75,19 +76,28 @@ class SystemBase(nn.Module):
     def sample(self, prompt: "str | list[str] | GenerationRequest", **options: Any) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1], B = prompts x num_images, all noise from one CPU generator."""
         progress = options.pop("progress", None)
-        return self.run(self.check(GenerationRequest.of(prompt, **options)), progress)
+        request = self.check(GenerationRequest.of(prompt, **options))
+        with self.autocast(request):
+            return self.run(request, progress)
 
     def generate(self, prompt: "str | list[str] | GenerationRequest", **options: Any) -> list[Image.Image]:
         """PIL images; each carries its generation parameters in `.info` (written by `save_png`)."""
         request = self.check(GenerationRequest.of(prompt, **options))
         bar = StepBar(self.total_steps(request))
         try:
-            x = self.run(request, bar if request.progress else None)
+            with self.autocast(request):
+                x = self.run(request, bar if request.progress else None)
         finally:
             bar.close()
         meta = request.metadata(self.name, *self.settings(request))
         meta.update(self.extra_metadata(request))
         return labelled_images(x, list(request.prompts), request.num_images, meta)
+
+    def autocast(self, request: GenerationRequest) -> torch.autocast:
+        """bf16 autocast of the networks as the request's precision says (samplers stay in float32)."""
+        setting = {"fp32": False, "bf16": True, "auto": "auto"}[request.precision]
+        use, _ = resolve_bf16(setting, self.device)
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use)
 
     def extra_metadata(self, request: GenerationRequest) -> dict[str, str]:
         return {}
