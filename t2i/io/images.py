@@ -5,6 +5,7 @@ A leaf: it imports nothing from t2i, so every floor may use it (tests/test_floor
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -78,12 +79,19 @@ def image_grid(images: "list[Image.Image] | torch.Tensor", columns: int = 0) -> 
     return grid
 
 
+def png_bytes(image: Image.Image, metadata: Mapping[str, Any]) -> bytes:
+    """A PNG file's bytes carrying `metadata` as text chunks (one per key; non-strings as JSON)."""
+    info = PngImagePlugin.PngInfo()
+    for k, v in metadata.items():
+        info.add_text(k, v if isinstance(v, str) else json.dumps(v))
+    out = io.BytesIO()
+    image.save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
 def save_png(image: Image.Image, path: str | Path, metadata: Mapping[str, Any]) -> Path:
     """Write a PNG carrying `metadata` as text chunks (one per key; non-strings as JSON)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    for k, v in metadata.items():
-        info.add_text(k, v if isinstance(v, str) else json.dumps(v))
-    image.save(path, format="PNG", pnginfo=info)
+    path.write_bytes(png_bytes(image, metadata))
     return path
