@@ -282,6 +282,40 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="an HTTP service: OpenAI's images API, a job queue and a page at /",
+                       description="Serve systems over OpenAI's images API (the openai client works with "
+                                   "base_url=http://HOST:PORT/v1) and a page at http://HOST:PORT/ (t2i.serve).")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--systems", default="ldm", help="comma-separated system names (default: ldm)")
+    p.add_argument("--api-key", default=os.environ.get("T2I_API_KEY"), metavar="K",
+                   help="require 'Authorization: Bearer K' (default: $T2I_API_KEY; none: no key)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--queue-size", type=int, default=8, metavar="N", help="jobs waiting per system before 429")
+    p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body (413 above)")
+    p.add_argument("--max-image-mb", type=float, default=4.0, help="largest uploaded image (413 above)")
+    p.add_argument("--max-side", type=int, default=512, help="largest width or height asked or uploaded, px")
+    p.add_argument("--max-n", type=int, default=8, help="most images per request")
+    p.add_argument("--max-steps", type=int, default=150, help="most sampler steps per request")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: tiny random systems (t2i.serve.tiny)
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from t2i.serve import Limits, serve
+
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_image_bytes=int(args.max_image_mb * 2**20),
+                    max_side=args.max_side, max_n=args.max_n, max_steps=args.max_steps)
+    try:
+        serve([s.strip() for s in args.systems.split(",") if s.strip()], host=args.host, port=args.port,
+              api_key=args.api_key or None, limits=limits, max_waiting=args.queue_size, device=args.device,
+              tiny=args.tiny)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2i", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -292,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_img2img(sub)
     _add_inpaint(sub)
     _add_convert(sub)
+    _add_serve(sub)
     return parser
 
 
