@@ -35,8 +35,8 @@ def load_systems(names: list[str], device: str = "cpu", tiny: bool = False) -> t
     for name in names:
         try:
             systems[name] = t2i.load(name, device=device).eval()
-        except (ValueError, OSError, KeyError) as e:
-            failed[name] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        except Exception as e:  # noqa: BLE001  (one broken system must not keep the others from serving)
+            failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return systems, failed
 
 
