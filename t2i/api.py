@@ -324,7 +324,7 @@ def system_from_training_runs(base_run: str | os.PathLike, upsampler_run: str | 
 
 def _guide_kind(path: Path) -> str | None:
     """"clip" / "classifier" when path is a guide folder or a `t2i train` run (or checkpoint) of a guide stage."""
-    from t2i.systems.guides import GUIDES, folder_guide_kind
+    from t2i.systems.guide_folders import GUIDES, folder_guide_kind
 
     if is_training_run(path):  # its newest checkpoint's config says (loading it verifies the checkpoint)
         from t2i.train.checkpoint import list_checkpoints
@@ -339,7 +339,7 @@ def _guide_kind(path: Path) -> str | None:
 def load_guide(path: str | os.PathLike, kind: str | None = None):
     """A GLIDE guide from a guide folder or a `t2i train` noise-aware clip / classifier run; with `kind`,
     refuse a guide of another kind. Raises ValueError with a one-line reason."""
-    from t2i.systems.guides import check_guide_kind, load_guide as load_guide_folder
+    from t2i.systems.guide_folders import check_guide_kind, load_guide as load_guide_folder
 
     path = Path(path)
     if not path.exists():

@@ -3,25 +3,18 @@ schedule the network was trained on, and which sampler, steps, spacing and initi
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import torch
 
+from t2i.config import Config, check_fields  # noqa: F401  (check_fields re-exported)
 from t2i.diffusion.samplers import SAMPLERS
 from t2i.diffusion.schedules import TIMESTEP_SPACINGS, DiscreteSchedule, karras_sigmas
 
 
-def check_fields(cls: type, d: Mapping[str, Any]) -> None:
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown fields {unknown}")
-
-
 @dataclass(frozen=True)
-class ScheduleConfig:
+class ScheduleConfig(Config):
     """The training noise schedule: a named beta schedule over `timesteps` steps (DDPM, LDM)."""
 
     name: str = "scaled_linear"  # linear | scaled_linear | cosine
@@ -34,17 +27,9 @@ class ScheduleConfig:
             return DiscreteSchedule.named("cosine", n=self.timesteps)
         return DiscreteSchedule.named(self.name, n=self.timesteps, beta_start=self.beta_start, beta_end=self.beta_end)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ScheduleConfig":
-        check_fields(cls, d)
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(Config):
     """Default sampler settings of a system, and the timestep conventions that make a loaded
     diffusers scheduler's sigmas and initial noise come out exactly as diffusers computes them."""
 
@@ -70,14 +55,6 @@ class SamplingConfig:
             raise ValueError("final_sigma must be 'zero' or 'min' and init_noise 'vp' or 'sigma'")
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SamplingConfig":
-        check_fields(cls, d)
-        return cls(**d)
 
     def timesteps(self, schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
         """Descending (possibly fractional) timesteps of `steps` model evaluations."""

@@ -87,6 +87,22 @@ class CLIPTokenizer:
                     options["max_length"] = config["model_max_length"]
         return cls(vocab, merges, **options)
 
+    def save(self, folder: str | Path) -> Path:
+        """Write vocab.json, merges.txt and tokenizer_config.json, as transformers' CLIPTokenizer saves them."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False), encoding="utf-8")
+        merges = sorted(self.ranks, key=self.ranks.get)
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                           encoding="utf-8")
+        names = {i: w for w, i in self.vocab.items()}
+        config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": self.max_length,
+                  "bos_token": names[self.bos_id], "eos_token": names[self.eos_id], "pad_token": names[self.pad_id],
+                  "unk_token": names[self.unk_id]}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False),
+                                                      encoding="utf-8")
+        return folder
+
     def _bpe(self, word: str) -> list[str]:
         if word in self._cache:
             return self._cache[word]

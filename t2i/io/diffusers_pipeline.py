@@ -14,14 +14,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from t2i.diffusion.config import SamplingConfig, ScheduleConfig
 from t2i.encoders.clip_tokenizer import CLIPTokenizer
+from t2i.encoders.registry import TokenizedTextEncoder
 from t2i.io.clip_text import load_transformers_clip, save_transformers_clip
 from t2i.io.diffusers_unet import load_diffusers_unet, save_diffusers_unet
 from t2i.io.diffusers_vae import load_diffusers_vae, save_diffusers_vae
 from t2i.nn.autoencoder import AutoencoderKL
 from t2i.nn.transformer import TextTransformer
 from t2i.nn.unet import UNet
-from t2i.systems.base import SamplingConfig, ScheduleConfig, TokenizedTextEncoder, save_clip_tokenizer
 from t2i.systems.ldm import LDM, LDMConfig, TextConfig
 
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
@@ -173,7 +174,7 @@ def save_diffusers_pipeline(system: LDM, folder: str | os.PathLike) -> Path:
     if cfg.text.attention_mask:
         path = folder / "text_encoder" / "config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "use_attention_mask": True}, indent=2))
-    save_clip_tokenizer(system.text_encoder.tokenizer, folder / "tokenizer")
+    system.text_encoder.tokenizer.save(folder / "tokenizer")
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
     scheduler = scheduler_from_sampling(cfg.schedule, cfg.prediction, cfg.sampling)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))

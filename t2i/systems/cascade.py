@@ -7,21 +7,21 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import torch
 from torch import nn
 
-from t2i.diffusion import ConcatInputs, DiscreteDenoiser
-from t2i.diffusion.conditioning import lowres_condition
-from t2i.diffusion.config import SamplingConfig, ScheduleConfig, check_fields
-from t2i.diffusion.samplers import randn
+from t2i.config import Config
+from t2i.diffusion.config import SamplingConfig, ScheduleConfig
+from t2i.encoders.registry import TextConfig, build_text_encoder
 from t2i.nn.transformer import VectorPrior, VectorPriorConfig
 from t2i.nn.unet import UNet, UNetConfig
-from t2i.systems.base import (TextConfig, build_text_encoder, encode_prompts, load_module, read_system_json,
-                              read_tokenizer, save_module, save_text_encoder, write_system_json)
+from t2i.systems.base import (load_parts, load_text_encoder, read_system_json, save_parts, save_text_encoder,
+                              write_system_json)
 from t2i.systems.request import GenerationRequest
-from t2i.systems.stage import Guidance, StageRun, default_threshold, guided, sample_stage
+from t2i.systems.stage import (Guidance, StageRun, augmented_lowres, default_threshold, sample_stage, stage_denoiser,
+                               text_conditions)
 from t2i.systems.system import SystemBase, register
 
 NETWORKS = {"unet": (UNetConfig, UNet), "prior": (VectorPriorConfig, VectorPrior)}
@@ -29,7 +29,7 @@ PREVIOUS = ("none", "embedding", "lowres")  # how the previous stage's output en
 
 
 @dataclass(frozen=True)
-class StageConfig:
+class StageConfig(Config):
     """One stage: its network, sample shape, schedule, prediction, sampling and conditioning source."""
 
     network: str = "unet"  # unet | prior
@@ -46,29 +46,11 @@ class StageConfig:
             raise ValueError(f"network must be one of {sorted(NETWORKS)} and previous one of {PREVIOUS}")
         object.__setattr__(self, "shape", tuple(self.shape))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: v.to_dict() if hasattr(v := getattr(self, f.name), "to_dict") else v
-                for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "StageConfig":
-        check_fields(cls, d)
-        parts = {"schedule": ScheduleConfig, "sampling": SamplingConfig}
-        return cls(**{k: parts[k].from_dict(v) if k in parts else v for k, v in d.items()})
-
 
 @dataclass(frozen=True)
-class CascadeConfig:
+class CascadeConfig(Config):
     text: TextConfig = TextConfig(pooled=False)
     stages: tuple[StageConfig, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text.to_dict(), "stages": [s.to_dict() for s in self.stages]}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CascadeConfig":
-        check_fields(cls, d)
-        return cls(TextConfig.from_dict(d["text"]), tuple(StageConfig.from_dict(s) for s in d["stages"]))
 
 
 @register("cascade")
@@ -107,39 +89,29 @@ class Cascade(SystemBase):
     def capabilities(self) -> frozenset[str]:
         return frozenset(("txt2img",))
 
-    def settings(self, r: GenerationRequest) -> tuple[str, int, float]:
-        s = self.config.stages[-1].sampling
-        return (s.sampler if r.sampler is None else r.sampler, s.steps if r.steps is None else r.steps,
-                s.guidance if r.guidance is None else r.guidance)
+    @property
+    def default_sampling(self) -> SamplingConfig:
+        return self.config.stages[-1].sampling
 
     def total_steps(self, r: GenerationRequest) -> int:
         return len(self.config.stages) * self.settings(r)[1]
 
     def run(self, r: GenerationRequest, progress: Callable[[int], None] | None) -> torch.Tensor:
-        sampler, steps, scale = self.settings(r)
-        batch, generator = r.batch, torch.Generator().manual_seed(r.seed)
-        cond = encode_prompts(self.config.text, self.text_encoder, batch)
-        uncond = encode_prompts(self.config.text, self.text_encoder, [r.negative_prompt] * len(batch))
+        (asked, scale), generator = self.sampling(r), torch.Generator().manual_seed(r.seed)
+        cond, uncond = text_conditions(self.config.text, self.text_encoder, r, scale != 1)
         x = None
         for stage, net, schedule in zip(self.config.stages, self.nets, self.schedules):
-            extra = None
-            if stage.previous == "embedding":
-                extra = {"pooled": x}
-            elif stage.previous == "lowres":  # noise augmentation at the stage's level (Ho et al. 2022, sec. 4.3)
-                sigma = schedule.t_to_sigma(torch.full((len(batch),), stage.lowres_noise * (schedule.num_timesteps - 1)))
-                extra = {"concat": lowres_condition(x, stage.shape[1:], sigma, randn(x.shape, x, generator))}
-                net = ConcatInputs(net)
-            settings = dataclasses.replace(stage.sampling, sampler=sampler, steps=steps)
-            den = guided(DiscreteDenoiser(net, schedule, stage.prediction),
-                         Guidance(scale, uncond if scale != 1 else None, threshold=default_threshold(settings, r.threshold)),
-                         extra)
-            x = sample_stage(den, StageRun((len(batch), *stage.shape), settings, cond, progress=progress), generator)
+            concat, extra = [], {"pooled": x} if stage.previous == "embedding" else None
+            if stage.previous == "lowres":  # noise augmentation at the stage's level (Ho et al. 2022, sec. 4.3)
+                concat = [augmented_lowres(x, stage.shape[1:], schedule, stage.lowres_noise, generator)]
+            settings = dataclasses.replace(stage.sampling, sampler=asked.sampler, steps=asked.steps)
+            guidance = Guidance(scale, uncond, threshold=default_threshold(settings, r.threshold))
+            den = stage_denoiser(net, schedule, stage.prediction, guidance, concat, extra)
+            x = sample_stage(den, StageRun((len(r.batch), *stage.shape), settings, cond, progress=progress), generator)
         return (x / 2 + 0.5).clamp(0, 1).float().cpu()
 
     def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_module(self.nets, folder / "stages.safetensors", dtype)
+        folder = save_parts(Path(folder), {"stages": self.nets}, dtype)
         save_text_encoder(self.config.text, self.text_encoder, folder, dtype)
         write_system_json(folder, "cascade", 1, self.name, self.config)
         return folder
@@ -149,9 +121,6 @@ class Cascade(SystemBase):
         folder = Path(folder)
         meta = read_system_json(folder, "cascade", 1)
         config = CascadeConfig.from_dict(meta["config"])
-        system = cls(config, build_text_encoder(config.text, read_tokenizer(config.text, folder)),
-                     name or meta.get("name", "cascade"))
-        load_module(system.nets, folder / "stages.safetensors")
-        if config.text.kind != "minilm":
-            load_module(system.text_encoder.transformer, folder / "text_encoder.safetensors")
+        system = cls(config, load_text_encoder(config.text, folder), name or meta.get("name", "cascade"))
+        load_parts(folder, {"stages": system.nets})
         return system.eval()

@@ -20,13 +20,15 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from t2i.config import Config
 from t2i.diffusion import TimestepNet, classifier_log_prob, clip_log_prob
+from t2i.diffusion.config import ScheduleConfig
 from t2i.diffusion.guidance import LogProb
 from t2i.encoders.clip import CLIPConfig, CLIPModel
 from t2i.encoders.labels import NUM_LABELS, labels_from_prompts
 from t2i.encoders.tokenizer import WordTokenizer
 from t2i.nn.classifier import ClassifierConfig, NoisyClassifier
-from t2i.systems.base import ScheduleConfig, check_fields, load_module, save_module, write_system_json
+from t2i.systems.base import load_module, save_module, write_system_json
 
 GUIDE_FORMAT = 1  # version of the guide folder layout written by `Guide.save`
 
@@ -37,7 +39,7 @@ def guide_folder(system_folder: str | Path, kind: str) -> Path:
 
 
 @dataclass(frozen=True)
-class GuideConfig:
+class GuideConfig(Config):
     """Which guide, its network's config fields, and the noise schedule it was trained on (its t of a sigma)."""
 
     kind: str = "clip"  # clip: a noise-aware CLIPModel; classifier: a NoisyClassifier over the 40 label pairs
@@ -47,18 +49,8 @@ class GuideConfig:
     def __post_init__(self) -> None:
         if self.kind not in GUIDES:
             raise ValueError(f"unknown guide kind {self.kind!r}; choose from {', '.join(GUIDES)}")
-        if isinstance(self.schedule, Mapping):
-            object.__setattr__(self, "schedule", ScheduleConfig.from_dict(self.schedule))
         net = GUIDES[self.kind].check_net(self.net)
         object.__setattr__(self, "net", json.loads(json.dumps(net.to_dict())))  # complete, checked, plain
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "net": self.net, "schedule": self.schedule.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "GuideConfig":
-        check_fields(cls, d)
-        return cls(**d)
 
 
 class Guide(nn.Module):
@@ -73,23 +65,9 @@ class Guide(nn.Module):
         self.config, self.net, self.name = config, net, name
         self.schedule = config.schedule.build()
 
-    @staticmethod
-    def check_net(net: Mapping[str, Any]) -> Any:
-        """The network's config object from its fields, or a ValueError saying why it cannot guide."""
-        raise NotImplementedError
-
-    @classmethod
-    def build(cls, config: GuideConfig, tokenizer: WordTokenizer | None = None, name: str = "guide") -> "Guide":
-        """A freshly initialised guide of config (CLIP takes the tokenizer; default: ShapesWorld's)."""
-        raise NotImplementedError
-
-    @property
-    def image_size(self) -> int:
-        raise NotImplementedError
-
-    def log_prob(self, prompts: list[str]) -> LogProb:
-        """log p(prompt_i | x_i, sigma) for a batch of prompts, as `GradientGuidance` takes it."""
-        raise NotImplementedError
+    # A kind defines check_net(fields) -> its network config (or a ValueError saying why it cannot guide),
+    # build(config, tokenizer, name) -> a fresh guide, image_size, and log_prob(prompts) -> log p(prompt_i |
+    # x_i, sigma) as `GradientGuidance` takes it.
 
     def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write the guide folder; floating tensors cast to `dtype` when given (loading casts back)."""
@@ -169,37 +147,3 @@ class ClassifierGuide(Guide):
 
 
 GUIDES: dict[str, type[Guide]] = {"clip": CLIPGuide, "classifier": ClassifierGuide}
-
-
-def folder_guide_kind(folder: Path) -> str | None:
-    """The kind of the guide folder (its system.json says "<kind>_guide"), or None if it is no guide folder."""
-    if not (folder / "system.json").is_file():
-        return None
-    system = str(json.loads((folder / "system.json").read_text()).get("system"))
-    kind = system[:-len("_guide")] if system.endswith("_guide") else None
-    return kind if kind in GUIDES else None
-
-
-def check_guide_kind(where: Path, found: str | None, kind: str | None) -> None:
-    """Raise a one-line ValueError unless `where` holds a guide (found), of `kind` when given."""
-    what = f"a {kind} guide" if kind else "a guide"
-    if found is None:
-        raise ValueError(f"{where}: not {what} (a guide folder, or a noise-aware clip or classifier run); "
-                         f"write one with `t2i convert RUN FOLDER`")
-    if kind is not None and found != kind:
-        raise ValueError(f"{where}: holds a {found} guide, not a {kind} guide")
-
-
-def load_guide(folder: str | Path, kind: str | None = None) -> Guide:
-    """Read a guide folder written by `Guide.save`; with `kind`, refuse a guide of another kind.
-    Raises ValueError with a one-line reason."""
-    folder = Path(folder)
-    found = folder_guide_kind(folder)
-    check_guide_kind(folder, found, kind)
-    meta = json.loads((folder / "system.json").read_text())
-    if meta.get("format") != GUIDE_FORMAT:
-        raise ValueError(f"{folder}: guide folder format {meta.get('format')!r}; this t2i reads {GUIDE_FORMAT}")
-    cls = GUIDES[found]
-    guide = cls.build(GuideConfig.from_dict(meta["config"]), cls._read_tokenizer(folder), meta.get("name", "guide"))
-    load_module(guide.net, folder / "model.safetensors")
-    return guide.eval().requires_grad_(False)

@@ -6,33 +6,31 @@ Composition only: the math is `t2i.diffusion`, the networks `t2i.nn`, the encode
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from t2i.diffusion import ConcatInputs, DiscreteDenoiser
-from t2i.diffusion.config import SamplingConfig, ScheduleConfig, check_fields
+from t2i.config import Config
+from t2i.diffusion.config import SamplingConfig, ScheduleConfig
 from t2i.diffusion.samplers import randn
-from t2i.io.images import image_to_tensor, mask_to_tensor
+from t2i.encoders.registry import TextConfig, build_text_encoder
 from t2i.nn.autoencoder import AutoencoderConfig, AutoencoderKL
 from t2i.nn.unet import UNet, UNetConfig
-from t2i.systems.base import (TextConfig, build_text_encoder, encode_prompts, load_module, load_text_encoder,
-                              read_system_json, read_tokenizer, save_module, save_text_encoder, write_system_json)
+from t2i.systems.base import (load_parts, load_text_encoder, read_system_json, save_parts, save_text_encoder,
+                              write_system_json)
 from t2i.systems.request import GenerationRequest
-from t2i.systems.stage import Guidance, StageRun, default_threshold, guided, sample_stage
+from t2i.systems.stage import Guidance, StageRun, default_threshold, sample_stage, stage_denoiser, text_conditions
 from t2i.systems.system import SystemBase, register
 
 FORMAT = 1  # version of the t2i system folder layout written by `save`
 
 
 @dataclass(frozen=True)
-class LDMConfig:
+class LDMConfig(Config):
     """Everything that defines an LDM system besides its weights and tokenizer."""
 
     unet: UNetConfig = UNetConfig()
@@ -58,18 +56,6 @@ class LDMConfig:
     def size_multiple(self) -> int:
         """Image sides must be multiples of this: the VAE's factor times the UNet's downsampling."""
         return self.autoencoder.downscale * 2 ** (len(self.unet.block_channels) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"unet": self.unet.to_dict(), "autoencoder": self.autoencoder.to_dict(), "text": self.text.to_dict(),
-                "schedule": self.schedule.to_dict(), "prediction": self.prediction,
-                "sampling": self.sampling.to_dict(), "sample_size": self.sample_size}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LDMConfig":
-        check_fields(cls, d)
-        parts = {"unet": UNetConfig, "autoencoder": AutoencoderConfig, "text": TextConfig,
-                 "schedule": ScheduleConfig, "sampling": SamplingConfig}
-        return cls(**{k: parts[k].from_dict(v) if k in parts else v for k, v in d.items()})
 
 
 @register("ldm")
@@ -104,19 +90,12 @@ class LDM(SystemBase):
         return cls.build(config, WordTokenizer.for_shapes(), "tiny-ldm")
 
     @property
-    def capabilities(self) -> frozenset[str]:
-        return frozenset(("inpaint",) if self.config.inpainting else ("txt2img", "img2img", "inpaint"))
+    def inpainting_only(self) -> bool:
+        return self.config.inpainting
 
-    def unsupported(self, capability: str) -> str:
-        if self.config.inpainting:
-            return "this is an inpainting model: give an init image and a mask"
-        return super().unsupported(capability)
-
-    # --- conditioning -------------------------------------------------------------------------------
-
-    def encode_text(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """UNet keyword inputs for prompts: {"context"} (+ "context_mask", "pooled")."""
-        return encode_prompts(self.config.text, self.text_encoder, prompts)
+    @property
+    def default_sampling(self) -> SamplingConfig:
+        return self.config.sampling
 
     def encode_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Pixels (B, 3, H, W) in [-1, 1] -> scaled latents, a posterior draw (LDM sec. 3)."""
@@ -126,76 +105,46 @@ class LDM(SystemBase):
         """Scaled latents -> pixels (B, 3, H, W) in [0, 1]."""
         return (self.autoencoder.decode(self.autoencoder.unscale(latents)) / 2 + 0.5).clamp(0, 1)
 
-    # --- sampling -----------------------------------------------------------------------------------
-
-    def settings(self, r: GenerationRequest) -> tuple[str, int, float]:
-        s = self.config.sampling
-        return (s.sampler if r.sampler is None else r.sampler, s.steps if r.steps is None else r.steps,
-                s.guidance if r.guidance is None else r.guidance)
-
-    def total_steps(self, r: GenerationRequest) -> int:
-        steps = self.settings(r)[1]
-        return min(int(steps * r.strength), steps) if r.image is not None else steps
-
     def run(self, r: GenerationRequest, progress: Callable[[int], None] | None) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1]: text-to-image, img2img (`image`, `strength`) or inpainting
         (`image` + `mask`, white = repaint), noise drawn in the order diffusers' pipelines draw it."""
-        cfg = self.config
-        sampler, steps, guidance = self.settings(r)
-        settings = dataclasses.replace(cfg.sampling, sampler=sampler, steps=steps)
+        cfg, (settings, guidance) = self.config, self.sampling(r)
         width, height = r.size(cfg.sample_size)
-        m = cfg.size_multiple
-        if width < m or height < m or width % m or height % m:
-            raise ValueError(f"this model makes images whose sides are multiples of {m} px; got {width}x{height}")
-        device, dtype = self.device, next(self.unet.parameters()).dtype
-        batch, generator = r.batch, torch.Generator().manual_seed(r.seed)
-        cond = self.encode_text(batch)
-        uncond = self.encode_text([r.negative_prompt] * len(batch)) if guidance > 1 else None
-        f = cfg.autoencoder.downscale
-        shape = (len(batch), cfg.autoencoder.latent_channels, height // f, width // f)
-        pixels = image_to_tensor(r.image, (width, height)).to(device, dtype) if r.image is not None else None
-        keep = None if r.mask is None else mask_to_tensor(r.mask.resize((width, height), Image.NEAREST)).to(device, dtype)
+        self.check_size(width, height, cfg.size_multiple)
+        device, dtype, generator = self.device, next(self.unet.parameters()).dtype, torch.Generator().manual_seed(r.seed)
+        cond, uncond = text_conditions(cfg.text, self.text_encoder, r, guidance > 1)
+        shape = (len(r.batch), cfg.autoencoder.latent_channels, height // cfg.autoencoder.downscale,
+                 width // cfg.autoencoder.downscale)
+        pixels, keep = (None if t is None else t.to(device, dtype) for t in (r.pixels((width, height)),
+                                                                              r.repaint((width, height))))
         latents = None
         if pixels is not None and (keep is None or not cfg.inpainting or r.strength < 1):
             latents = self.encode_image(pixels, generator).expand(shape)  # one draw, shared by the batch
         noise = randn(shape, torch.empty((), device=device, dtype=dtype), generator)
-        extra = None
-        if cfg.inpainting:  # the mask and the masked image's latents as extra channels
-            masked = self.encode_image(pixels * (keep < 0.5), generator)  # (1, C, h, w)
-            extra = {"concat": torch.cat([F.interpolate(keep, size=shape[2:]), masked], 1)}
-        net = ConcatInputs(self.unet) if cfg.inpainting else self.unet
-        denoiser = guided(DiscreteDenoiser(net, self.schedule, cfg.prediction),
-                          Guidance(guidance, uncond, threshold=default_threshold(settings, r.threshold)), extra)
-        blend = keep is not None and not cfg.inpainting
+        small = None if keep is None else F.interpolate(keep, size=shape[2:])  # (1, 1, h, w) the mask on latents
+        # an inpainting model takes the mask and the masked image's latents as extra channels; others blend
+        concat = [small, self.encode_image(pixels * (keep < 0.5), generator)] if cfg.inpainting else []
+        denoiser = stage_denoiser(self.unet, self.schedule, cfg.prediction,
+                                  Guidance(guidance, uncond, threshold=default_threshold(settings, r.threshold)), concat)
         run = StageRun(shape, settings, cond, r.strength if r.image is not None else 1.0,
                        init=None if latents is None or (keep is not None and r.strength == 1) else latents,
-                       known=latents, repaint=F.interpolate(keep, size=shape[2:]) if blend else None, noise=noise,
+                       known=latents, repaint=None if cfg.inpainting else small, noise=noise,
                        progress=progress, device=device, dtype=dtype)
         return self.decode(sample_stage(denoiser, run, generator)).float().cpu()
 
-    # --- the t2i folder -----------------------------------------------------------------------------
-
     def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write the t2i system folder: system.json, one safetensors file per part (floating tensors cast
-        to `dtype` when given; loading casts back to the modules' dtype), the tokenizer (not MiniLM's:
-        its weights and vocabulary are read from the installed package at load time)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_module(self.unet, folder / "unet.safetensors", dtype)
-        save_module(self.autoencoder, folder / "autoencoder.safetensors", dtype)
+        """Write the t2i folder: system.json, a safetensors file per part (cast to `dtype` when given), the tokenizer."""
+        folder = save_parts(Path(folder), {"unet": self.unet, "autoencoder": self.autoencoder}, dtype)
         save_text_encoder(self.config.text, self.text_encoder, folder, dtype)
         write_system_json(folder, "ldm", FORMAT, self.name, self.config)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path, name: str | None = None) -> "LDM":
-        """Read a folder written by `save`."""
         folder = Path(folder)
         meta = read_system_json(folder, "ldm", FORMAT)
         config = LDMConfig.from_dict(meta["config"])
-        system = cls.build(config, read_tokenizer(config.text, folder), name or meta.get("name", "ldm"))
-        load_module(system.unet, folder / "unet.safetensors")
-        load_module(system.autoencoder, folder / "autoencoder.safetensors")
-        load_text_encoder(config.text, system.text_encoder, folder)
+        system = cls(config, UNet(config.unet), AutoencoderKL(config.autoencoder),
+                     load_text_encoder(config.text, folder), name or meta.get("name", "ldm"))
+        load_parts(folder, {"unet": system.unet, "autoencoder": system.autoencoder})
         return system.eval()
-

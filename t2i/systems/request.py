@@ -8,10 +8,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 
 from t2i.diffusion.guidance import parse_threshold
 from t2i.diffusion.samplers import SAMPLERS
+from t2i.io.images import image_to_tensor, mask_to_tensor
 
 CAPABILITIES = ("txt2img", "img2img", "inpaint", "vary", "control", "caption")
 GUIDANCE_TYPES = ("cfg", "clip", "classifier")
@@ -121,6 +123,14 @@ class GenerationRequest:
         w = self.width if self.width is not None else (self.image.size[0] if self.image is not None else default)
         h = self.height if self.height is not None else (self.image.size[1] if self.image is not None else default)
         return w, h
+
+    def pixels(self, size: tuple[int, int]) -> torch.Tensor | None:
+        """The init image at size (W, H) as (1, 3, H, W) in [-1, 1]; None without one."""
+        return None if self.image is None else image_to_tensor(self.image, size)
+
+    def repaint(self, size: tuple[int, int]) -> torch.Tensor | None:
+        """The mask at size (W, H) (nearest neighbour) as (1, 1, H, W), 1 = repaint; None without one."""
+        return None if self.mask is None else mask_to_tensor(self.mask.resize(size, Image.NEAREST))
 
     def metadata(self, model: str, sampler: str, steps: int, guidance: float) -> dict[str, str]:
         """The generation parameters every image carries in PNG text chunks."""

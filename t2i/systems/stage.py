@@ -9,11 +9,17 @@ from typing import Callable
 
 import torch
 
+from torch import nn
+
+from t2i.diffusion.conditioning import lowres_condition
 from t2i.diffusion.config import SamplingConfig
-from t2i.diffusion.denoisers import Cond, Denoiser, WithCond
+from t2i.diffusion.denoisers import ConcatInputs, Cond, Denoiser, DiscreteDenoiser, WithCond
 from t2i.diffusion.guidance import ClassifierFreeGuidance, GradientGuidance, LogProb, thresholded
 from t2i.diffusion.samplers import randn
 from t2i.diffusion.sampling import img2img_sigmas, initial_sample, mask_blend, sample, to_vp
+from t2i.diffusion.schedules import DiscreteSchedule
+from t2i.encoders.registry import TextConfig, encode_prompts
+from t2i.systems.request import GenerationRequest
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,29 @@ def guided(denoiser: Denoiser, guidance: Guidance, extra: Cond | None = None) ->
     elif guidance.uncond is not None:
         denoiser = ClassifierFreeGuidance(denoiser, guidance.scale, guidance.uncond)
     return thresholded(denoiser, guidance.threshold)
+
+
+def stage_denoiser(net: nn.Module, schedule: DiscreteSchedule, prediction: str, guidance: Guidance,
+                   concat: list[torch.Tensor], extra: Cond | None = None) -> Denoiser:
+    """A stage's network as a guided denoiser; `concat` (low-res image, mask + masked image) enters as
+    extra input channels, `extra` (e.g. a prior's vector as `pooled`) as prompt-independent inputs."""
+    extra = {**(extra or {}), **({"concat": torch.cat(concat, dim=1)} if concat else {})}
+    return guided(DiscreteDenoiser(ConcatInputs(net) if concat else net, schedule, prediction), guidance, extra)
+
+
+def augmented_lowres(x: torch.Tensor, size: tuple[int, int], schedule: DiscreteSchedule, level: float,
+                     generator: torch.Generator) -> torch.Tensor:
+    """The previous stage's image (B, C, h, w) enlarged to size and noise-augmented at `level`, a fraction
+    of the timesteps (Ho et al. 2022, sec. 4.3): the channels a super-resolution stage takes."""
+    sigma = schedule.t_to_sigma(torch.full((x.shape[0],), level * (schedule.num_timesteps - 1)))
+    return lowres_condition(x, size, sigma, randn(x.shape, x, generator))
+
+
+def text_conditions(text: TextConfig, encoder: nn.Module, r: GenerationRequest,
+                    negative: bool) -> tuple[Cond, Cond | None]:
+    """The network inputs of the request's prompts, and of its negative prompt when `negative`."""
+    cond = encode_prompts(text, encoder, r.batch)
+    return cond, encode_prompts(text, encoder, [r.negative_prompt] * len(r.batch)) if negative else None
 
 
 def default_threshold(settings: SamplingConfig, asked: str | None) -> str:

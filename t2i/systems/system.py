@@ -3,12 +3,14 @@ request), what it supports, a registry of systems by name, and the images it ret
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Protocol
 
 import torch
 from PIL import Image
 from torch import nn
 
+from t2i.diffusion.config import SamplingConfig
 from t2i.io.images import StepBar, labelled_images
 from t2i.nn.precision import resolve_bf16
 from t2i.systems.request import CAPABILITIES, GenerationRequest
@@ -39,16 +41,18 @@ def register(name: str) -> Callable[[type], type]:
 
 class SystemBase(nn.Module):
     """What systems share: request handling, the capability check, progress and labelled images.
-    A subclass sets `capabilities`, and defines `run(request, progress) -> (B, 3, H, W) in [0, 1]`,
-    `total_steps(request)` and `settings(request) -> (sampler, steps, guidance)` for the metadata."""
+    A subclass defines `run(request, progress) -> (B, 3, H, W) in [0, 1]`, `total_steps(request)`, the
+    `default_sampling` a request's sampler, steps and guidance override, and `inpainting_only` (or its
+    own `capabilities`)."""
 
     kind = ""
     name = ""
     guidance_types: tuple[str, ...] = ("cfg",)
+    inpainting_only = False  # a model that takes the mask and the masked image as inputs: inpainting alone
 
     @property
     def capabilities(self) -> frozenset[str]:
-        return frozenset(("txt2img", "img2img", "inpaint"))
+        return frozenset(("inpaint",) if self.inpainting_only else ("txt2img", "img2img", "inpaint"))
 
     def supports(self, capability: str) -> bool:
         if capability not in CAPABILITIES:
@@ -57,6 +61,8 @@ class SystemBase(nn.Module):
 
     def unsupported(self, capability: str) -> str:
         """The one-line error for a request this system cannot serve."""
+        if self.inpainting_only:
+            return "this is an inpainting model: give an init image and a mask"
         return (f"{self.name or self.kind!r} ({type(self).__name__}) does not support {capability}; it supports "
                 f"{', '.join(c for c in CAPABILITIES if c in self.capabilities)}")
 
@@ -105,8 +111,28 @@ class SystemBase(nn.Module):
     def run(self, request: GenerationRequest, progress: Callable[[int], None] | None) -> torch.Tensor:
         raise NotImplementedError
 
-    def total_steps(self, request: GenerationRequest) -> int:
+    def total_steps(self, r: GenerationRequest) -> int:
+        """The progress bar's length: the first stage's steps (fewer in img2img, by strength)."""
+        steps = self.sampling(r)[0].steps
+        return min(int(steps * r.strength), steps) if r.image is not None else steps
+
+    @property
+    def default_sampling(self) -> SamplingConfig:
         raise NotImplementedError
 
-    def settings(self, request: GenerationRequest) -> tuple[str, int, float]:
-        raise NotImplementedError
+    def sampling(self, r: GenerationRequest) -> tuple[SamplingConfig, float]:
+        """The sampling settings of a request (its sampler and steps over the defaults) and guidance scale."""
+        s = self.default_sampling
+        return (dataclasses.replace(s, sampler=r.sampler or s.sampler, steps=r.steps or s.steps),
+                s.guidance if r.guidance is None else r.guidance)
+
+    def settings(self, r: GenerationRequest) -> tuple[str, int, float]:
+        """(sampler, steps, guidance) for the metadata."""
+        s, scale = self.sampling(r)
+        return s.sampler, s.steps, scale
+
+    @staticmethod
+    def check_size(width: int, height: int, multiple: int) -> None:
+        if width < multiple or height < multiple or width % multiple or height % multiple:
+            raise ValueError(f"this model makes images whose sides are multiples of {multiple} px; "
+                             f"got {width}x{height}")
