@@ -145,15 +145,14 @@ class JobQueue:
                 self._running[system] = job
             job.state, job.started = "running", time.monotonic()
             job._emit({"type": "t2i.started", "job": job.id, "total": job.total_steps})
+            state, value, error = "done", None, None
             try:
                 value = job.work(job.progress)
             except JobCancelled as e:
-                job._finish("cancelled", error=e)
+                state, error = "cancelled", e
             except BaseException as e:  # noqa: BLE001  (the job's client gets it; the worker lives on)
-                job._finish("failed", error=e)
-            else:
-                job._finish("done", value)
-            finally:
-                with self._lock:
-                    self._running[system] = None
-                    self.completed += 1
+                state, error = "failed", e
+            with self._lock:  # free before the answer: a client that got its images sees an idle queue
+                self._running[system] = None
+                self.completed += 1
+            job._finish(state, value, error)
