@@ -185,9 +185,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
     return save_sd_single_file(weights, dst)
 
 
-_DEFAULT_BETAS = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "cosine": (0.00085, 0.012)}
-
-
 def is_training_run(path: Path) -> bool:
     """A `t2i train` run folder (checkpoints/) or one of its checkpoint folders (manifest.json)."""
     return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "manifest.json").is_file())
@@ -219,24 +216,16 @@ def _diffusion_run(run: Path):
                          "minilm text encoder)")
     if o.get("network", "unet") != "unet":
         raise ValueError(f"{ckpt_path}: network {o.get('network')!r} is not the t2i UNet")
-    return ckpt_path, ckpt, o
+    from t2i.train.stages.diffusion import DiffusionOptions
+
+    return ckpt_path, ckpt, DiffusionOptions.from_dict(o, "[diffusion]")
 
 
 def _run_schedule(o: dict):
-    """The ScheduleConfig of a run's options (schedule, timesteps), with the betas its stage trained on."""
+    """The ScheduleConfig a guide run's options (schedule, timesteps) trained on."""
     from t2i.systems import ScheduleConfig
 
-    name = o.get("schedule", "cosine")
-    return ScheduleConfig(name, int(o.get("timesteps", 1000)), *_DEFAULT_BETAS[name])
-
-
-def _run_settings(o: dict):
-    """The ScheduleConfig and SamplingConfig of a run's [diffusion] options."""
-    from t2i.systems import SamplingConfig
-
-    return (_run_schedule(o),
-            SamplingConfig(sampler=o.get("sampler", "dpmpp_2m"), steps=int(o.get("sample_steps", 20)),
-                           guidance=float(o.get("guidance", 3.0)), spacing="leading", offset=0))
+    return ScheduleConfig.named(o.get("schedule", "cosine"), int(o.get("timesteps", 1000)))
 
 
 def _load_ema(ckpt, ckpt_path: Path, parts: dict) -> None:
@@ -266,21 +255,16 @@ def system_from_training_run(run: str | os.PathLike, first_stage: str | os.PathL
 
     run = Path(run)
     ckpt_path, ckpt, o = _diffusion_run(run)
-    if not o.get("first_stage") and first_stage is None:
+    if not o.first_stage and first_stage is None:
         return system_from_training_runs(run)
-    kind = o.get("text_encoder", "word")
-    ae_path = Path(first_stage) if first_stage is not None else Path(o["first_stage"])
+    ae_path = Path(first_stage) if first_stage is not None else Path(o.first_stage)
     if first_stage is None and not ae_path.exists() and system_folder(ae_path) is None:
         ae_path = run.parent / ae_path.name
-    autoencoder = load_first_stage(ae_path, "cpu", float(o.get("latent_scale", 0.0)))
-    schedule, sampling = _run_settings(o)
-    config = LDMConfig(
-        unet=UNetConfig.from_dict(o["net"]), autoencoder=autoencoder.config,
-        text=TextConfig(kind=kind, encoder=o.get("text", {}), context_mask=True, pooled=bool(o.get("pooled"))),
-        schedule=schedule, prediction=o.get("prediction", "eps"), sampling=sampling,
-        sample_size=int(ckpt.config.get("data", {}).get("size", 64)),
-    )
-    system = LDM.build(config, _run_tokenizer(ckpt, kind), name=run.name)
+    autoencoder = load_first_stage(ae_path, "cpu", o.latent_scale)
+    config = LDMConfig(unet=UNetConfig.from_dict(o.net), autoencoder=autoencoder.config, text=o.text_config,
+                       schedule=o.schedule_config, prediction=o.prediction, sampling=o.sampling_config,
+                       sample_size=int(ckpt.config.get("data", {}).get("size", 64)))
+    system = LDM.build(config, _run_tokenizer(ckpt, o.text_encoder), name=run.name)
     _load_ema(ckpt, ckpt_path, {"net": system.unet, "text": system.text_encoder})
     load_into(system.autoencoder, autoencoder.state_dict(), where=str(ae_path))
     return system.eval()
@@ -299,17 +283,13 @@ def system_from_training_runs(base_run: str | os.PathLike, upsampler_run: str | 
     stages, names = [], []
     for run in [Path(base_run)] + ([Path(upsampler_run)] if upsampler_run is not None else []):
         ckpt_path, ckpt, o = _diffusion_run(run)
-        if o.get("first_stage"):
+        if o.first_stage:
             raise ValueError(f"{ckpt_path}: a latent diffusion run (first_stage) is not a GLIDE stage")
-        kind = o.get("text_encoder", "word")
-        schedule, sampling = _run_settings(o)
         config = GLIDEStageConfig(
-            unet=UNetConfig.from_dict(o["net"]), schedule=schedule, sampling=sampling,
-            text=TextConfig(kind=kind, encoder=o.get("text", {}), context_mask=True, pooled=bool(o.get("pooled"))),
-            prediction=o.get("prediction", "eps"), sample_size=int(ckpt.config.get("data", {}).get("size", 64)),
-            lowres_size=int(o.get("lowres_size", 0)), inpaint=bool(o.get("inpaint", False)),
-            lowres_noise=min(SAMPLE_LOWRES_NOISE, float(o.get("lowres_noise", 0.0))))
-        stages.append((config, _run_tokenizer(ckpt, kind), ckpt, ckpt_path))
+            unet=UNetConfig.from_dict(o.net), schedule=o.schedule_config, sampling=o.sampling_config,
+            text=o.text_config, prediction=o.prediction, sample_size=int(ckpt.config.get("data", {}).get("size", 64)),
+            lowres_size=o.lowres_size, inpaint=o.inpaint, lowres_noise=min(SAMPLE_LOWRES_NOISE, o.lowres_noise))
+        stages.append((config, _run_tokenizer(ckpt, o.text_encoder), ckpt, ckpt_path))
         names.append(run.name)
     config = GLIDEConfig(stages[0][0], stages[1][0] if len(stages) > 1 else None)
     system = GLIDE.build(config, stages[0][1], stages[-1][1], name="+".join(names))

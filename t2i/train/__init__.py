@@ -4,10 +4,11 @@
     result = Trainer(load_recipe("tiny_pixel"), "runs/tiny", resume=True).run()
 """
 
+from t2i.encoders.registry import TEXT_ENCODERS  # the one text-encoder registry, for training and loading
 from t2i.train.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint, save_checkpoint
 from t2i.train.config import RecipeError
 from t2i.train.recipe import DataConfig, Recipe, TrainConfig, bundled_recipes, load_recipe
-from t2i.train.registry import DATASETS, NETWORKS, STAGES, TEXT_ENCODERS
+from t2i.train.registry import DATASETS, NETWORKS, STAGES
 from t2i.train.trainer import Trainer, TrainingError, TrainResult
 
 __all__ = [

