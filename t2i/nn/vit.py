@@ -8,18 +8,18 @@ GLIDE's noise-aware image encoder (Nichol et al. 2021, sec. 3.3): it takes (x_t,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from t2i.config import Config
 from t2i.nn.embeddings import TimestepMLP, timestep_embedding
-from t2i.nn.transformer import Transformer, TransformerConfig, _check_fields
+from t2i.nn.transformer import Transformer, TransformerConfig
 
 
 @dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(Config):
     """Image side, patch size, the transformer stack, an optional pooled projection and timestep input."""
 
     image_size: int = 64
@@ -43,14 +43,6 @@ class ViTConfig:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ViTConfig":
-        _check_fields(cls, d)
-        return cls(**d)
 
 
 class ViT(nn.Module):
