@@ -114,3 +114,21 @@ def test_model_folder_round_trip_and_missing_config(tmp_path):
     assert config == {"a": [1, 2]} and torch.equal(state["w"], torch.ones(2))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         read_model_folder(tmp_path, "model.safetensors")
+
+
+def test_sharded_weights_round_trip_and_stay_under_the_limit(tmp_path):
+    """Above max_bytes a state is written as shards + NAME.safetensors.index.json (the diffusers / transformers
+    layout); load_sharded reads either form back exactly."""
+    from t2i.io.weights import index_path, load_sharded, save_sharded
+
+    g = torch.Generator().manual_seed(0)
+    state = {f"layer{i}.weight": torch.randn(64, 64, generator=g) for i in range(10)}  # 16 KiB each
+    written = save_sharded(state, tmp_path / "unet.safetensors", max_bytes=40 * 1024)
+    shards = [p for p in written if p.suffix == ".safetensors"]
+    assert len(shards) == 5 and index_path(tmp_path / "unet.safetensors") in written
+    assert all(p.stat().st_size < 40 * 1024 + 4096 for p in shards)
+    assert not (tmp_path / "unet.safetensors").exists()
+    back = load_sharded(tmp_path / "unet.safetensors")
+    assert back.keys() == state.keys() and all(torch.equal(back[k], v) for k, v in state.items())
+    save_sharded(state, tmp_path / "small.safetensors")  # under the default limit: one plain file
+    assert (tmp_path / "small.safetensors").is_file() and load_sharded(tmp_path / "small.safetensors").keys() == state.keys()

@@ -80,6 +80,50 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
         raise ValueError(f"{path}: could not read as safetensors: {e}") from e
 
 
+SHARD_BYTES = 16 * 2**20  # system folders split weights above this into shards (tracked files stay < 20 MiB)
+
+
+def index_path(path: str | os.PathLike) -> Path:
+    """Where a sharded file's index lives: NAME.safetensors.index.json (the diffusers / transformers convention)."""
+    path = Path(path)
+    return path.with_name(path.name + ".index.json")
+
+
+def save_sharded(state: Mapping[str, torch.Tensor], path: str | os.PathLike, max_bytes: int = SHARD_BYTES) -> list[Path]:
+    """Write tensors as `path`, or, above max_bytes, as shards STEM-00001-of-0000N.safetensors beside an index
+    mapping each tensor to its shard (as diffusers' and transformers' sharded checkpoints do)."""
+    path = Path(path)
+    sizes = {k: v.numel() * v.element_size() for k, v in state.items()}
+    if sum(sizes.values()) <= max_bytes:
+        return [save_safetensors(state, path)]
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    used = 0
+    for k, v in state.items():
+        if shards[-1] and used + sizes[k] > max_bytes:
+            shards.append({})
+            used = 0
+        shards[-1][k] = v
+        used += sizes[k]
+    names = [f"{path.stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    written = [save_safetensors(shard, path.with_name(name)) for shard, name in zip(shards, names)]
+    index = {"metadata": {"total_size": sum(sizes.values())},
+             "weight_map": {k: name for shard, name in zip(shards, names) for k in shard}}
+    index_path(path).write_text(json.dumps(index, indent=2) + "\n")
+    return written + [index_path(path)]
+
+
+def load_sharded(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read what `save_sharded` wrote: the file itself, or the shards its index names."""
+    path = Path(path)
+    index = index_path(path)
+    if path.exists() or not index.is_file():
+        return load_safetensors(path, device)
+    state: dict[str, torch.Tensor] = {}
+    for name in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        state.update(load_safetensors(path.with_name(name), device))
+    return state
+
+
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata stored in a safetensors header ({} when none)."""
     path = check_safetensors_file(path)

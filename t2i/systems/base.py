@@ -38,19 +38,20 @@ def read_system_json(folder: Path, system: str, fmt: int) -> dict[str, Any]:
 
 
 def save_module(module: nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:
-    """A module's state as one safetensors file; floating tensors cast to `dtype` when given."""
-    from t2i.io.weights import save_safetensors
+    """A module's state as one safetensors file (shards + index above 16 MiB); floating tensors cast to `dtype`
+    when given."""
+    from t2i.io.weights import save_sharded
 
     sd = module.state_dict()
-    save_safetensors(sd if dtype is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()},
-                     path)
+    save_sharded(sd if dtype is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()},
+                 path)
 
 
 def load_module(module: nn.Module, path: Path) -> None:
     """Load a file written by `save_module` (cast back to the module's dtype)."""
-    from t2i.io.weights import load_into, load_safetensors
+    from t2i.io.weights import load_into, load_sharded
 
-    load_into(module, load_safetensors(path), where=str(path))
+    load_into(module, load_sharded(path), where=str(path))
 
 
 def save_parts(folder: Path, parts: dict[str, nn.Module], dtype: torch.dtype | None = None) -> Path:

@@ -174,20 +174,20 @@ def _system_meta(folder: Path, key: str) -> dict[str, Any]:
 
 def _system_autoencoder(folder: Path, latent_scale: float) -> nn.Module:
     """The autoencoder of a t2i LDM system folder (float32), its scaling_factor replaced by latent_scale > 0."""
-    from t2i.io.weights import load_into, load_safetensors
+    from t2i.io.weights import load_into, load_sharded
     from t2i.train.stages.autoencoder import build_autoencoder
 
     net = dict(_system_meta(folder, "autoencoder")["autoencoder"])
     if latent_scale > 0:
         net["scaling_factor"] = latent_scale
     ae = build_autoencoder(net)
-    load_into(ae, load_safetensors(folder / "autoencoder.safetensors"), where=str(folder))
+    load_into(ae, load_sharded(folder / "autoencoder.safetensors"), where=str(folder))
     return ae.float()
 
 
 def init_from_system(model: nn.ModuleDict, name_or_path: str) -> None:
     """Start a stage's "net" and "text" from a t2i system folder's unet / text_encoder weights (fine-tuning)."""
-    from t2i.io.weights import load_into, load_safetensors
+    from t2i.io.weights import index_path, load_into, load_sharded
 
     folder = system_folder(name_or_path)
     if folder is None:
@@ -195,9 +195,9 @@ def init_from_system(model: nn.ModuleDict, name_or_path: str) -> None:
                           "nor a shipped system")
     parts = {"net": (lambda m: m, "unet.safetensors"), "text": (lambda m: m.transformer, "text_encoder.safetensors")}
     for key, (part, file) in parts.items():  # a system folder keeps the text encoder's transformer alone
-        if key in model and (folder / file).is_file():
+        if key in model and ((folder / file).is_file() or index_path(folder / file).is_file()):
             try:
-                load_into(part(model[key]), load_safetensors(folder / file), where=str(folder / file))
+                load_into(part(model[key]), load_sharded(folder / file), where=str(folder / file))
             except ValueError as e:
                 raise RecipeError(f"[diffusion] init_from = '{name_or_path}': {e}") from None
 
