@@ -3,8 +3,11 @@
 Ho et al. 2020 (DDPM UNet), Dhariwal & Nichol 2021 (ADM: scale-shift norm, class embedding),
 Nichol et al. 2021 (GLIDE: pooled text token, context keys/values in every attention layer),
 Rombach et al. 2022 (LDM: spatial transformers with cross-attention), Saharia et al. 2022
-(Imagen: pooled + token conditioning), Zhang et al. 2023 (ControlNet: additive residuals).
-A feature is on when its config field or its conditioning input is set.
+(Imagen: pooled + token conditioning, the augmentation level of the low-res conditioning), Zhang
+et al. 2023 (ControlNet: additive residuals). A feature is on when its config field or its
+conditioning input is set. `UNetEncoder` (embeddings, input conv, down path, middle) is a module of
+its own so ControlNet can copy it; `UNet` extends it with the up path, so the children keep their
+names and the state-dict keys are the same as a single flat module's.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +49,7 @@ class UNetConfig:
     pooled_dim: int | None = None  # a (B, P) vector added to the time embedding after a projection
     pooled_mlp: bool = False  # project pooled with Linear-SiLU-Linear instead of one Linear
     num_classes: int | None = None  # integer labels (B,) looked up in a table and added to the time embedding
+    aug_level_embed: bool = False  # a (B,) augmentation level embedded like t and added (Imagen noise-conditioning aug)
     norm_groups: int = 32
     norm_eps: float = 1e-5
     dropout: float = 0.0
@@ -151,8 +155,49 @@ class MiddleBlock(nn.Module):
         return self.res2(h, emb)
 
 
-class UNet(nn.Module):
-    """ADM/LDM UNet: x (B, C_in, H, W), t (B,) -> (B, C_out, H, W)."""
+@dataclass(frozen=True, eq=False)
+class ControlResiduals:
+    """Additive residuals for the UNet's skips (one per skip, in order) and its middle output (ControlNet, Zhang et al. 2023)."""
+
+    skips: tuple[torch.Tensor, ...]
+    mid: torch.Tensor
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "skips", tuple(self.skips))
+
+    def __add__(self, other: ControlResiduals) -> ControlResiduals:
+        """Several controls at once: their residuals sum (ControlNet's composition of conditions, Zhang et al. 2023)."""
+        if len(self.skips) != len(other.skips):
+            raise ValueError(f"ControlResiduals: cannot add {len(other.skips)} skip residuals to {len(self.skips)}")
+        return ControlResiduals(tuple(a + b for a, b in zip(self.skips, other.skips)), self.mid + other.mid)
+
+    def scaled(self, scale: float) -> ControlResiduals:
+        """Every residual times scale (a control's strength)."""
+        return ControlResiduals(tuple(s * scale for s in self.skips), self.mid * scale)
+
+    @classmethod
+    def coerce(cls, control: ControlResiduals | Sequence[Any]) -> ControlResiduals:
+        """ControlResiduals, a pair (skip residuals, mid residual), or diffusers' flat order [*skips, mid]."""
+        if isinstance(control, cls):
+            return control
+        if isinstance(control, (list, tuple)) and len(control) == 2 and isinstance(control[0], (list, tuple)):
+            return cls(tuple(control[0]), control[1])
+        if isinstance(control, (list, tuple)) and len(control) >= 2 and all(isinstance(c, torch.Tensor) for c in control):
+            return cls(tuple(control[:-1]), control[-1])
+        raise ValueError("UNet: control must be ControlResiduals, a pair (skip residuals, mid residual) "
+                         "or a flat list [*skip residuals, mid residual] of tensors")
+
+
+class EncoderOutput(NamedTuple):
+    """What the encoder half hands the decoder: skip activations, the middle output and the embedding."""
+
+    skips: list[torch.Tensor]  # one (B, C_i, H_i, W_i) per skip connection, input conv first
+    mid: torch.Tensor  # (B, C_last, H', W')
+    emb: torch.Tensor  # (B, E)
+
+
+class UNetEncoder(nn.Module):
+    """The UNet's encoder half: embeddings, input conv, down path and middle block (ADM; ControlNet's trainable copy)."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -164,6 +209,7 @@ class UNet(nn.Module):
         self.pooled_proj = None
         if cfg.pooled_dim is not None:
             self.pooled_proj = TimestepMLP(cfg.pooled_dim, emb) if cfg.pooled_mlp else nn.Linear(cfg.pooled_dim, emb)
+        self.aug_embed = TimestepMLP(ch0, emb) if cfg.aug_level_embed else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -182,19 +228,19 @@ class UNet(nn.Module):
         self.mid = MiddleBlock(
             self._res(ch, ch), self._attn_layer(last, ch) if cfg.mid_attention else None, self._res(ch, ch)
         )
+        self.skip_channels = tuple(skips)  # channels of each skip activation, in order
+        self._encoder_parts = tuple(self._modules)  # the children a UNet's up path does not add
 
-        self.up = nn.ModuleList()
-        for level in reversed(range(len(cfg.block_channels))):
-            out_ch = cfg.block_channels[level]
-            for i in range(cfg.num_res_blocks + 1):
-                up = Upsample(out_ch) if level != 0 and i == cfg.num_res_blocks else None
-                self.up.append(UNetBlock(self._res(ch + skips.pop(), out_ch), self._attn(level, out_ch), up=up))
-                ch = out_ch
+    @classmethod
+    def from_unet(cls, unet: UNetEncoder) -> UNetEncoder:
+        """A standalone copy of a UNet's encoder with its weights (ControlNet's initialisation, Zhang et al. 2023)."""
+        encoder = cls(unet.config)
+        encoder.load_state_dict(unet.encoder_state_dict())  # strict
+        return encoder.to(unet.conv_in.weight)
 
-        self.norm_out = nn.GroupNorm(cfg.norm_groups, ch, eps=cfg.norm_eps)
-        self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)  # a fresh model predicts zero (ADM zero_module)
-        nn.init.zeros_(self.conv_out.bias)
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state-dict entries of the encoder half, under the same keys a standalone UNetEncoder has."""
+        return {k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] in self._encoder_parts}
 
     def _res(self, in_ch: int, out_ch: int) -> ResBlock:
         c = self.config
@@ -217,14 +263,35 @@ class UNet(nn.Module):
             ch, heads=heads, head_dim=head_dim, context_dim=c.context_dim, depth=c.transformer_depth, groups=c.norm_groups
         )
 
-    def _embed(self, t: torch.Tensor | float, batch: int, pooled: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-        """Time embedding (B, E), plus the pooled / class embedding when the model has one."""
-        t = torch.as_tensor(t, device=device)
-        t = t.reshape(-1).expand(batch) if t.numel() == 1 else t.reshape(-1)
-        if t.shape[0] != batch:
-            raise ValueError(f"UNet: t has {t.shape[0]} timesteps for a batch of {batch}")
-        dtype = self.conv_in.weight.dtype
-        emb = self.time_embed(timestep_embedding(t, self.config.block_channels[0]).to(dtype))  # (B, E)
+    @staticmethod
+    def _per_sample(v: torch.Tensor | float, batch: int, device: torch.device, name: str) -> torch.Tensor:
+        """A scalar or (B,) input as (B,)."""
+        v = torch.as_tensor(v, device=device)
+        v = v.reshape(-1).expand(batch) if v.numel() == 1 else v.reshape(-1)
+        if v.shape[0] != batch:
+            raise ValueError(f"UNet: {name} has {v.shape[0]} values for a batch of {batch}")
+        return v  # (B,)
+
+    def _embed(
+        self,
+        t: torch.Tensor | float,
+        batch: int,
+        pooled: torch.Tensor | None,
+        device: torch.device,
+        aug_level: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
+        """Time embedding (B, E), plus the pooled / class embedding and the augmentation level when the model has them."""
+        ch0, dtype = self.config.block_channels[0], self.conv_in.weight.dtype
+        t = self._per_sample(t, batch, device, "t")
+        emb = self.time_embed(timestep_embedding(t, ch0).to(dtype))  # (B, E)
+        if (self.aug_embed is None) != (aug_level is None):
+            if aug_level is not None:
+                raise ValueError("UNet: got `aug_level` but the model has no aug_level_embed")
+            raise ValueError("UNet: this model is conditioned on `aug_level`, the (B,) augmentation level of its "
+                             "low-res input (aug_level_embed=True); pass aug_level=")
+        if self.aug_embed is not None:
+            level = self._per_sample(aug_level, batch, device, "aug_level")
+            emb = emb + self.aug_embed(timestep_embedding(level, ch0).to(dtype))  # (B, E); Ho et al. 2021 sec. 4.1
         extra = self.class_embed if self.class_embed is not None else self.pooled_proj
         if extra is None:
             if pooled is not None:
@@ -243,20 +310,7 @@ class UNet(nn.Module):
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor | float,
-        *,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-        pooled: torch.Tensor | None = None,
-        control: Sequence[torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """x (B, C_in, H, W); t (B,) or scalar, may be fractional; context (B, L, D) tokens with
-        context_mask (B, L) bool (True = real token); pooled (B, P) floats or (B,) class ids;
-        control: one additive residual per skip connection, then one for the middle block
-        (ControlNet, in diffusers' down_block_additional_residuals + mid order)."""
+    def _check(self, x: torch.Tensor, context: torch.Tensor | None) -> None:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"UNet: x must be (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
@@ -266,26 +320,118 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: this model attends to a token context (B, L, {cfg.context_dim}); pass context=")
         if context is not None and (context.ndim != 3 or context.shape[-1] != cfg.context_dim):
             raise ValueError(f"UNet: context must be (B, L, {cfg.context_dim}), got {tuple(context.shape)}")
-        if context_mask is not None and context_mask.dtype != torch.bool:
-            context_mask = context_mask > 0.5  # (B, L) bool
-        emb = self._embed(t, x.shape[0], pooled, x.device)  # (B, E)
 
+    def _has_attention(self) -> bool:
+        return bool(self.config.attention_levels) or self.config.mid_attention
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        *,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+        aug_level: torch.Tensor | float | None = None,
+        hint: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Inputs as `UNet.forward`; hint (B, C0, H, W) is added after the input conv (ControlNet's hint features)."""
+        self._check(x, context)
+        context_mask = _bool_mask(context_mask)
+        emb = self._embed(t, x.shape[0], pooled, x.device, aug_level)  # (B, E)
         h = self.conv_in(x)  # (B, C0, H, W)
+        if hint is not None:
+            if hint.shape != h.shape:
+                raise ValueError(f"UNet: hint must be {tuple(h.shape)} (the input conv's output), got {tuple(hint.shape)}")
+            h = h + hint
         skips = [h]
         for block in self.down:
             h = self._call(block, h, emb, context, context_mask)
             skips.append(h)
         h = self._call(self.mid, h, emb, context, context_mask)  # (B, C_last, H', W')
+        return EncoderOutput(skips, h, emb)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        *,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+        aug_level: torch.Tensor | float | None = None,
+        hint: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """See `encode`."""
+        return self.encode(x, t, context=context, context_mask=context_mask, pooled=pooled, aug_level=aug_level, hint=hint)
+
+
+class UNet(UNetEncoder):
+    """ADM/LDM UNet: x (B, C_in, H, W), t (B,) -> (B, C_out, H, W); its encoder half plus the up path (Ronneberger et al. 2015)."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__(config)
+        cfg = config
+        skips = list(self.skip_channels)
+        ch = cfg.block_channels[-1]
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(cfg.block_channels))):
+            out_ch = cfg.block_channels[level]
+            for i in range(cfg.num_res_blocks + 1):
+                up = Upsample(out_ch) if level != 0 and i == cfg.num_res_blocks else None
+                self.up.append(UNetBlock(self._res(ch + skips.pop(), out_ch), self._attn(level, out_ch), up=up))
+                ch = out_ch
+
+        self.norm_out = nn.GroupNorm(cfg.norm_groups, ch, eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # a fresh model predicts zero (ADM zero_module)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        *,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+        control: ControlResiduals | Sequence[Any] | None = None,
+        aug_level: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
+        """x (B, C_in, H, W); t (B,) or scalar, may be fractional; context (B, L, D) tokens with
+        context_mask (B, L) bool (True = real token); pooled (B, P) floats or (B,) class ids;
+        control: additive residuals for every skip and the middle output (ControlNet; ControlResiduals,
+        a pair (skips, mid) or diffusers' flat down_block_additional_residuals + mid order);
+        aug_level (B,) or scalar: the low-res input's augmentation level, in timestep units (Imagen)."""
+        context_mask = _bool_mask(context_mask)
+        enc = self.encode(x, t, context=context, context_mask=context_mask, pooled=pooled, aug_level=aug_level)
+        skips, h, emb = enc.skips, enc.mid, enc.emb
         if control is not None:
-            if len(control) != len(skips) + 1:
-                raise ValueError(f"UNet: control needs {len(skips) + 1} residuals (skips + middle), got {len(control)}")
-            skips = [s + c for s, c in zip(skips, control)]
-            h = h + control[-1]
+            skips, h = _add_control(ControlResiduals.coerce(control), skips, h)
         for block in self.up:
             h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, H, W)
             size = tuple(skips[-1].shape[-2:]) if skips else None
             h = self._call(block, h, emb, context, context_mask, size)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
 
-    def _has_attention(self) -> bool:
-        return bool(self.config.attention_levels) or self.config.mid_attention
+
+def _add_control(
+    control: ControlResiduals, skips: list[torch.Tensor], mid: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Skips and middle output plus their residuals, after checking count and shapes (ControlNet, Zhang et al. 2023 eq. 2)."""
+    if len(control.skips) != len(skips):
+        raise ValueError(f"UNet: control needs {len(skips)} skip residuals (one per skip connection) and one for "
+                         f"the middle block, got {len(control.skips)} skip residuals")
+    for i, (s, c) in enumerate(zip(skips, control.skips)):
+        if c.shape != s.shape:
+            raise ValueError(f"UNet: control skip residual {i} is {tuple(c.shape)}, its skip is {tuple(s.shape)}")
+    if control.mid.shape != mid.shape:
+        raise ValueError(f"UNet: control mid residual is {tuple(control.mid.shape)}, the middle output is {tuple(mid.shape)}")
+    return [s + c.to(s.dtype) for s, c in zip(skips, control.skips)], mid + control.mid.to(mid.dtype)
+
+
+def _bool_mask(context_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A (B, L) token mask as bool (True = real token); float masks are thresholded at 0.5."""
+    if context_mask is None or context_mask.dtype == torch.bool:
+        return context_mask
+    return context_mask > 0.5  # (B, L) bool
