@@ -1,4 +1,5 @@
-"""The t2i UNet and its parts: attention, timestep embedding, every conditioning path, checkpointing."""
+"""The t2i UNet and its parts: attention, timestep embedding, every conditioning path, checkpointing, the encoder
+half as a module (ControlNet's copy), additive control residuals and the augmentation-level embedding."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from t2i.nn.attention import Attention
 from t2i.nn.embeddings import timestep_embedding
-from t2i.nn.unet import UNet, UNetConfig
+from t2i.nn.unet import ControlResiduals, UNet, UNetConfig, UNetEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny layers: one thread is faster on a busy machine
 
@@ -234,27 +235,6 @@ def test_unconditional_adm_model_without_context():
         net(torch.randn(1, 4, 8, 8), torch.tensor([4.0]), context=torch.randn(1, 2, 12))
 
 
-def test_control_residuals_add_to_skips_and_middle():
-    torch.manual_seed(0)
-    net = _randomize(UNet(_tiny())).eval()
-    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([3.0]), torch.randn(1, 2, 12)
-    skips = [net.conv_in(x)]
-    emb = net._embed(t, 1, None, x.device)
-    h = skips[0]
-    for b in net.down:
-        h = b(h, emb, ctx, None)
-        skips.append(h)
-    zeros = [torch.zeros_like(s) for s in skips] + [torch.zeros_like(h)]
-    base = net(x, t, context=ctx)
-    assert torch.allclose(net(x, t, context=ctx, control=zeros), base)
-    for i in range(len(zeros)):
-        bumped = list(zeros)
-        bumped[i] = torch.ones_like(bumped[i])
-        assert not torch.allclose(net(x, t, context=ctx, control=bumped), base, atol=1e-4), i
-    with pytest.raises(ValueError, match="control needs"):
-        net(x, t, context=ctx, control=zeros[:-1])
-
-
 def test_gradient_checkpointing_gives_same_outputs_and_grads():
     torch.manual_seed(0)
     net = _randomize(UNet(_tiny(attention_levels=(0, 1), dropout=0.0))).train()
@@ -273,3 +253,214 @@ def test_gradient_checkpointing_gives_same_outputs_and_grads():
     assert torch.allclose(o1, o2, atol=1e-6) and torch.allclose(c1, c2, atol=1e-6)
     assert g1.keys() == g2.keys() and all(torch.allclose(g1[k], g2[k], atol=1e-6) for k in g1)
     assert any(g.abs().sum() > 0 for g in g1.values())
+
+
+# ---------------------------------------------------------------- encoder half, control residuals, augmentation level
+
+
+def _residuals(enc_out, seed: int = 5, scale: float = 1.0) -> ControlResiduals:
+    g = torch.Generator().manual_seed(seed)
+    skips = tuple(torch.randn(s.shape, generator=g) * scale for s in enc_out.skips)
+    return ControlResiduals(skips, torch.randn(enc_out.mid.shape, generator=g) * scale)
+
+
+CONFIGS = {
+    "ldm": dict(),
+    "pooled": dict(pooled_dim=6, block_channels=(16, 32, 32), attention_levels=(1, 2), num_res_blocks=2),
+    "classes_adm": dict(num_classes=5, attention_block="adm", scale_shift=True, head_dim=8, num_heads=None),
+    "aug": dict(aug_level_embed=True, in_channels=7),
+}
+
+
+def _cond(cfg: UNetConfig, batch: int = 2) -> dict:
+    g = torch.Generator().manual_seed(1)
+    kw = dict(context=torch.randn(batch, 3, cfg.context_dim, generator=g))
+    if cfg.pooled_dim:
+        kw["pooled"] = torch.randn(batch, cfg.pooled_dim, generator=g)
+    if cfg.num_classes:
+        kw["pooled"] = torch.arange(batch) % cfg.num_classes
+    if cfg.aug_level_embed:
+        kw["aug_level"] = torch.tensor([0.0, 250.0])[:batch]
+    return kw
+
+
+# ---------------------------------------------------------------- the encoder module
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_standalone_encoder_loads_strictly_and_gives_the_unets_own_skips(name):
+    cfg = _tiny(**CONFIGS[name])
+    net = _randomize(UNet(cfg)).eval()
+    enc = UNetEncoder.from_unet(net).eval()  # strict load of the UNet's encoder weights
+    assert enc.state_dict().keys() == net.encoder_state_dict().keys()
+    assert set(net.state_dict()) - set(enc.state_dict()) == {
+        k for k in net.state_dict() if k.split(".")[0] in ("up", "norm_out", "conv_out")}
+    fresh = UNetEncoder(cfg)
+    fresh.load_state_dict(net.encoder_state_dict())  # strict, the way ControlNet initialises its copy
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+    # the skips the UNet itself computes, caught on its way through
+    seen = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in (net.conv_in, *net.down, net.mid)]
+    x = torch.randn(2, cfg.in_channels, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([3.0, 500.0])
+    with torch.no_grad():
+        net(x, t, **_cond(cfg))
+        out = enc(x, t, **_cond(cfg))
+    for h in hooks:
+        h.remove()
+    assert len(out.skips) == len(enc.skip_channels) == len(seen) - 1
+    assert all(torch.equal(a, b) for a, b in zip(out.skips, seen[:-1]))
+    assert torch.equal(out.mid, seen[-1])
+    assert tuple(s.shape[1] for s in out.skips) == enc.skip_channels == net.skip_channels
+    assert out.emb.shape == (2, cfg.emb_dim)
+
+    # a copy, not a view: training it leaves the UNet alone
+    with torch.no_grad():
+        enc.conv_in.weight.add_(1.0)
+    assert not torch.equal(enc.conv_in.weight, net.conv_in.weight)
+
+
+def test_hint_is_added_after_the_input_conv():
+    cfg = _tiny()
+    enc = _randomize(UNetEncoder(cfg)).eval()
+    x, t, kw = torch.randn(1, 4, 8, 8), torch.tensor([7.0]), _cond(cfg, 1)
+    with torch.no_grad():
+        plain = enc(x, t, **kw)
+        hint = torch.randn_like(plain.skips[0])
+        hinted = enc(x, t, hint=hint, **kw)
+        assert all(torch.equal(a, b) for a, b in zip(enc(x, t, hint=torch.zeros_like(hint), **kw).skips, plain.skips))
+    assert torch.equal(hinted.skips[0], plain.skips[0] + hint)
+    assert not torch.allclose(hinted.mid, plain.mid, atol=1e-4)  # it flows through the down path
+    with pytest.raises(ValueError, match=r"hint must be \(1, 16, 8, 8\)"):
+        enc(x, t, hint=torch.zeros(1, 16, 4, 4), **kw)
+
+
+# ---------------------------------------------------------------- control residuals
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_zero_residuals_are_bit_identical_and_residuals_add_to_the_skips(name):
+    cfg = _tiny(**CONFIGS[name])
+    net = _randomize(UNet(cfg)).eval()
+    x, t, kw = torch.randn(2, cfg.in_channels, 8, 8), torch.tensor([3.0, 40.0]), _cond(cfg)
+    with torch.no_grad():
+        base = net(x, t, **kw)
+        enc = net.encode(x, t, **kw)
+        zeros = ControlResiduals(tuple(torch.zeros_like(s) for s in enc.skips), torch.zeros_like(enc.mid))
+        assert torch.equal(net(x, t, control=zeros, **kw), base)
+        res = _residuals(enc)
+        out = net(x, t, control=res, **kw)
+        # the same sum through every accepted form: dataclass, (skips, mid) pair, diffusers' flat order
+        assert torch.equal(net(x, t, control=(list(res.skips), res.mid), **kw), out)
+        assert torch.equal(net(x, t, control=[*res.skips, res.mid], **kw), out)
+        # several controls: the residuals sum before they are passed, with per-control scales
+        a, b = _residuals(enc, seed=6), _residuals(enc, seed=7)
+        summed = ControlResiduals(tuple(p * 0.5 + q * 2.0 for p, q in zip(a.skips, b.skips)), a.mid * 0.5 + b.mid * 2.0)
+        assert torch.equal(net(x, t, control=a.scaled(0.5) + b.scaled(2.0), **kw), net(x, t, control=summed, **kw))
+    assert not torch.allclose(out, base, atol=1e-3)
+    for i in range(len(res.skips) + 1):  # every residual reaches the output
+        bumped = ControlResiduals(zeros.skips[:i] + (res.skips[i],) + zeros.skips[i + 1:], zeros.mid) \
+            if i < len(res.skips) else ControlResiduals(zeros.skips, res.mid)
+        with torch.no_grad():
+            assert not torch.allclose(net(x, t, control=bumped, **kw), base, atol=1e-5), i
+
+
+def test_residuals_match_diffusers_down_block_and_mid_block_additional_residuals():
+    """Two levels, two res blocks each, attention at both (diffusers' 'sd1' layout): parity <= 1e-5."""
+    diffusers = pytest.importorskip("diffusers")
+    from t2i.io.diffusers_unet import from_diffusers, unet_config_from_diffusers
+
+    torch.manual_seed(0)
+    theirs = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
+        cross_attention_dim=12, attention_head_dim=2, norm_num_groups=8).eval()
+    _randomize(theirs, std=0.15)
+    cfg = unet_config_from_diffusers(dict(theirs.config))
+    ours = UNet(cfg).eval()
+    ours.load_state_dict(from_diffusers(theirs.state_dict(), cfg))  # strict
+    g = torch.Generator().manual_seed(1)
+    x, t, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([3.0, 710.5]), torch.randn(2, 5, 12, generator=g)
+    with torch.no_grad():
+        res = _residuals(ours.encode(x, t, context=ctx), scale=0.5)
+        ref = theirs(x, t, encoder_hidden_states=ctx, down_block_additional_residuals=res.skips,
+                     mid_block_additional_residual=res.mid).sample
+        plain = theirs(x, t, encoder_hidden_states=ctx).sample
+        out = ours(x, t, context=ctx, control=res)
+    assert len(res.skips) == 6  # conv_in, 2 res blocks, downsample, 2 res blocks
+    assert (ref - plain).abs().max() > 0.1  # the residuals matter
+    assert (out - ref).abs().max() <= 1e-5
+
+
+def test_bad_residuals_give_clear_errors():
+    cfg = _tiny()
+    net = _randomize(UNet(cfg)).eval()
+    x, t, kw = torch.randn(1, 4, 8, 8), torch.tensor([3.0]), _cond(cfg, 1)
+    enc = net.encode(x, t, **kw)
+    res = _residuals(enc)
+    with pytest.raises(ValueError, match=r"control needs 4 skip residuals .* got 3"):
+        net(x, t, control=ControlResiduals(res.skips[:-1], res.mid), **kw)
+    with pytest.raises(ValueError, match=r"control needs 4 skip residuals"):
+        net(x, t, control=[*res.skips[:-1], res.mid], **kw)
+    with pytest.raises(ValueError, match=r"control skip residual 2 is \(1, 16, 8, 8\), its skip is \(1, 16, 4, 4\)"):
+        net(x, t, control=ControlResiduals(res.skips[:2] + (torch.zeros(1, 16, 8, 8),) + res.skips[3:], res.mid), **kw)
+    with pytest.raises(ValueError, match=r"mid residual is \(1, 16, 4, 4\), the middle output is \(1, 32, 4, 4\)"):
+        net(x, t, control=ControlResiduals(res.skips, torch.zeros(1, 16, 4, 4)), **kw)
+    with pytest.raises(ValueError, match="control must be ControlResiduals"):
+        net(x, t, control=res.mid, **kw)
+    with pytest.raises(ValueError, match="cannot add 3 skip residuals to 4"):
+        res + ControlResiduals(res.skips[:-1], res.mid)
+
+
+# ---------------------------------------------------------------- augmentation level
+
+
+def test_aug_level_embedding_changes_the_output_and_is_required_when_configured():
+    cfg = _tiny(aug_level_embed=True)
+    assert UNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    old = {k: v for k, v in _tiny().to_dict().items() if k != "aug_level_embed"}  # configs saved before the field
+    assert UNetConfig.from_dict(old) == _tiny()
+    plain_keys = set(UNet(_tiny()).state_dict())
+    net = _randomize(UNet(cfg)).eval()
+    assert set(net.state_dict()) - plain_keys == {"aug_embed.linear_1.weight", "aug_embed.linear_1.bias",
+                                                  "aug_embed.linear_2.weight", "aug_embed.linear_2.bias"}
+    x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([20.0, 20.0]), torch.randn(2, 3, 12)
+    with torch.no_grad():
+        a = net(x, t, context=ctx, aug_level=torch.tensor([0.0, 0.0]))
+        b = net(x, t, context=ctx, aug_level=torch.tensor([0.0, 300.0]))
+        assert torch.equal(net(x, t, context=ctx, aug_level=0.0), a)  # a scalar level serves the batch
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1], atol=1e-4)
+    with pytest.raises(ValueError, match=r"conditioned on `aug_level`.*pass aug_level="):
+        net(x, t, context=ctx)
+    with pytest.raises(ValueError, match="aug_level has 3 values for a batch of 2"):
+        net(x, t, context=ctx, aug_level=torch.zeros(3))
+    with pytest.raises(ValueError, match="no aug_level_embed"):
+        UNet(_tiny()).eval()(x, t, context=ctx, aug_level=torch.zeros(2))
+
+
+def test_aug_level_embedding_matches_diffusers_timestep_class_embedding():
+    """diffusers' class_embed_type="timestep" (DeepFloyd IF's stage II noise level) is the same function."""
+    diffusers = pytest.importorskip("diffusers")
+    from t2i.io.diffusers_unet import from_diffusers, unet_config_from_diffusers
+
+    torch.manual_seed(0)
+    kw = dict(sample_size=8, in_channels=7, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+              cross_attention_dim=12, attention_head_dim=2, norm_num_groups=8)
+    theirs = _randomize(diffusers.UNet2DConditionModel(class_embed_type="timestep", **kw).eval(), std=0.15)
+    state = dict(theirs.state_dict())
+    aug = {k.replace("class_embedding.", "aug_embed."): state.pop(k) for k in list(state) if k.startswith("class_emb")}
+    plain = unet_config_from_diffusers(dict(theirs.config, class_embed_type=None))
+    ours = UNet(UNetConfig.from_dict({**plain.to_dict(), "aug_level_embed": True})).eval()
+    ours.load_state_dict({**from_diffusers(state, plain), **aug})  # strict
+    g = torch.Generator().manual_seed(1)
+    x, ctx = torch.randn(2, 7, 8, 8, generator=g), torch.randn(2, 5, 12, generator=g)
+    t, level = torch.tensor([3.0, 710.5]), torch.tensor([250.0, 0.0])
+    with torch.no_grad():
+        ref = theirs(x, t, encoder_hidden_states=ctx, class_labels=level).sample
+        other = theirs(x, t, encoder_hidden_states=ctx, class_labels=level.flip(0)).sample
+        out = ours(x, t, context=ctx, aug_level=level)
+    assert (ref - other).abs().max() > 0.01  # the level matters
+    assert (out - ref).abs().max() <= 1e-5

@@ -157,7 +157,7 @@ class MiddleBlock(nn.Module):
 
 @dataclass(frozen=True, eq=False)
 class ControlResiduals:
-    """Additive residuals for the UNet's skips (one per skip, in order) and its middle output (ControlNet, Zhang et al. 2023)."""
+    """Additive residuals for the UNet's skips (one per skip, in order) and middle output (ControlNet, Zhang 2023)."""
 
     skips: tuple[torch.Tensor, ...]
     mid: torch.Tensor
@@ -182,7 +182,8 @@ class ControlResiduals:
             return control
         if isinstance(control, (list, tuple)) and len(control) == 2 and isinstance(control[0], (list, tuple)):
             return cls(tuple(control[0]), control[1])
-        if isinstance(control, (list, tuple)) and len(control) >= 2 and all(isinstance(c, torch.Tensor) for c in control):
+        flat = isinstance(control, (list, tuple)) and len(control) >= 2
+        if flat and all(isinstance(c, torch.Tensor) for c in control):
             return cls(tuple(control[:-1]), control[-1])
         raise ValueError("UNet: control must be ControlResiduals, a pair (skip residuals, mid residual) "
                          "or a flat list [*skip residuals, mid residual] of tensors")
@@ -197,7 +198,7 @@ class EncoderOutput(NamedTuple):
 
 
 class UNetEncoder(nn.Module):
-    """The UNet's encoder half: embeddings, input conv, down path and middle block (ADM; ControlNet's trainable copy)."""
+    """The UNet's encoder half: embeddings, input conv, down path, middle block (ADM; ControlNet's trainable copy)."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -280,7 +281,7 @@ class UNetEncoder(nn.Module):
         device: torch.device,
         aug_level: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
-        """Time embedding (B, E), plus the pooled / class embedding and the augmentation level when the model has them."""
+        """Time embedding (B, E), plus the pooled / class and augmentation-level embeddings when the model has them."""
         ch0, dtype = self.config.block_channels[0], self.conv_in.weight.dtype
         t = self._per_sample(t, batch, device, "t")
         emb = self.time_embed(timestep_embedding(t, ch0).to(dtype))  # (B, E)
@@ -342,7 +343,8 @@ class UNetEncoder(nn.Module):
         h = self.conv_in(x)  # (B, C0, H, W)
         if hint is not None:
             if hint.shape != h.shape:
-                raise ValueError(f"UNet: hint must be {tuple(h.shape)} (the input conv's output), got {tuple(hint.shape)}")
+                raise ValueError(f"UNet: hint must be {tuple(h.shape)} (the input conv's output), "
+                                 f"got {tuple(hint.shape)}")
             h = h + hint
         skips = [h]
         for block in self.down:
@@ -351,23 +353,11 @@ class UNetEncoder(nn.Module):
         h = self._call(self.mid, h, emb, context, context_mask)  # (B, C_last, H', W')
         return EncoderOutput(skips, h, emb)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor | float,
-        *,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-        pooled: torch.Tensor | None = None,
-        aug_level: torch.Tensor | float | None = None,
-        hint: torch.Tensor | None = None,
-    ) -> EncoderOutput:
-        """See `encode`."""
-        return self.encode(x, t, context=context, context_mask=context_mask, pooled=pooled, aug_level=aug_level, hint=hint)
+    forward = encode  # calling a standalone encoder encodes; UNet overrides forward with the whole network
 
 
 class UNet(UNetEncoder):
-    """ADM/LDM UNet: x (B, C_in, H, W), t (B,) -> (B, C_out, H, W); its encoder half plus the up path (Ronneberger et al. 2015)."""
+    """ADM/LDM UNet: x (B, C_in, H, W), t (B,) -> (B, C_out, H, W); the encoder half plus an up path (DDPM)."""
 
     def __init__(self, config: UNetConfig):
         super().__init__(config)
@@ -418,7 +408,7 @@ class UNet(UNetEncoder):
 def _add_control(
     control: ControlResiduals, skips: list[torch.Tensor], mid: torch.Tensor
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Skips and middle output plus their residuals, after checking count and shapes (ControlNet, Zhang et al. 2023 eq. 2)."""
+    """Skips and middle output plus their residuals, count and shapes checked (ControlNet, Zhang et al. 2023 eq. 2)."""
     if len(control.skips) != len(skips):
         raise ValueError(f"UNet: control needs {len(skips)} skip residuals (one per skip connection) and one for "
                          f"the middle block, got {len(control.skips)} skip residuals")
@@ -426,7 +416,8 @@ def _add_control(
         if c.shape != s.shape:
             raise ValueError(f"UNet: control skip residual {i} is {tuple(c.shape)}, its skip is {tuple(s.shape)}")
     if control.mid.shape != mid.shape:
-        raise ValueError(f"UNet: control mid residual is {tuple(control.mid.shape)}, the middle output is {tuple(mid.shape)}")
+        raise ValueError(f"UNet: control mid residual is {tuple(control.mid.shape)}, "
+                         f"the middle output is {tuple(mid.shape)}")
     return [s + c.to(s.dtype) for s, c in zip(skips, control.skips)], mid + control.mid.to(mid.dtype)
 
 
