@@ -72,7 +72,7 @@ class TrainConfig(TableConfig):
     ema_decay: float = 0.999  # EMA of the weights, kept and saved apart (0: EMA = raw weights)
     bf16: Any = "auto"  # bf16 autocast (weights and optimizer stay float32): true | false | "auto" (where it is faster)
     channels_last: bool = False  # convolution activations in NHWC memory order (oneDNN's fast path on CPU)
-    compile: bool = False  # torch.compile the stage's networks (same weights and state-dict keys)
+    compile: bool = False  # torch.compile the stage's network ("net"; same weights and state-dict keys)
     fp32_attention: bool = True  # CPU: attention in float32 under bf16 autocast (PyTorch's bf16 CPU kernel is slow)
     fused_adamw: bool = True  # AdamW's fused / foreach kernels instead of a loop over parameters
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -135,10 +135,8 @@ class Trainer:
         self.model = self.stage.model
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if cfg.compile:
-            for module in self.model.children():
-                if any(p.requires_grad for p in module.parameters()):
-                    module.compile()  # in place: state-dict keys stay the same
+        if cfg.compile and "net" in self.model:  # the denoising network (text encoders take strings: not compiled)
+            self.model["net"].compile()  # in place: state-dict keys stay the same
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg)
         self.ema = EMA(self.model, cfg.ema_decay)
