@@ -75,7 +75,7 @@ def _model_settings(args: argparse.Namespace):
         return ModelSettings(steps=args.steps, sampler=args.sampler, guidance=args.guidance, device=args.device,
                              precision=getattr(args, "precision", "fp32"))
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise _flagged(e) from None
 
 
 def _run_eval_inpaint(args: argparse.Namespace) -> int:
@@ -206,52 +206,66 @@ def _add_inpaint(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_generate)
 
 
-def _run_generate(args: argparse.Namespace) -> int:
-    from t2i.api import check_guidance_type, generate_files, load, load_guide, open_image
-    from t2i.diffusion import SAMPLERS
+# The flag of each GenerationRequest field a one-line error may name first.
+FLAGS = {"steps": "--steps", "num_images": "-n", "seed": "--seed", "guidance": "--guidance", "width": "--width",
+         "height": "--height", "strength": "--strength", "precision": "--precision"}
 
-    if not args.prompt.strip():
-        raise UsageError("the prompt is empty: give the text to draw")
-    if args.sampler is not None and args.sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler '{args.sampler}'; choose from {', '.join(sorted(SAMPLERS))}")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+
+def _flagged(e: Exception) -> UsageError:
+    """A request's one-line ValueError as a usage error that names the flag (`steps must ...` -> `--steps must`)."""
+    msg = str(e).splitlines()[0] if str(e) else repr(e)
+    field = msg.split(" ", 1)[0]
+    return UsageError(FLAGS[field] + msg[len(field):] if field in FLAGS else msg)
+
+
+def _request(args: argparse.Namespace):
+    """The GenerationRequest of a generate / img2img / inpaint command line, checked before any model work."""
+    from t2i.api import open_image
+    from t2i.systems.request import GenerationRequest
+
     if args.mask is not None and args.image is None:
         raise UsageError("--mask needs an --image to inpaint")
     if args.guide is not None and args.guidance_type == "cfg":
         raise UsageError("--guide needs --guidance-type clip or classifier")
     if args.guide is not None and not os.path.exists(args.guide):
         raise UsageError(f"--guide '{args.guide}': no such folder")
-    strength = args.strength if args.strength is not None else (0.75 if args.mask is None else 1.0)
     try:
         image = open_image(args.image, "init image") if args.image else None
         mask = open_image(args.mask, "mask") if args.mask else None
     except ValueError as e:
         raise UsageError(str(e)) from None
-    source = args.model or args.system
+    strength = args.strength if args.strength is not None else (0.75 if args.mask is None else 1.0)
+    try:
+        return GenerationRequest(
+            prompts=args.prompt, negative_prompt=args.negative, num_images=args.num_images, seed=args.seed,
+            steps=args.steps, sampler=args.sampler, guidance=args.guidance, guidance_type=args.guidance_type,
+            width=args.width, height=args.height, image=image, mask=mask,
+            strength=strength if image is not None else 1.0, precision=args.precision, progress=not args.no_progress)
+    except ValueError as e:
+        raise _flagged(e) from None
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from t2i.api import generate_files, load, load_guide
+
+    request = _request(args)
     if args.model is not None and not os.path.exists(args.model):
         raise UsageError(f"--model '{args.model}': no such file or folder")
     try:
-        system = load(source, device=args.device, config_dir=args.config)
+        system = load(args.model or args.system, device=args.device, config_dir=args.config)
     except (ValueError, OSError, KeyError) as e:
         msg = str(e) if args.model is None else f"cannot load model '{args.model}': {e}"
         raise UsageError(msg.splitlines()[0] if msg else repr(e)) from None
-    guide = None
     try:
-        if args.guidance_type != "cfg":
-            check_guidance_type(system, args.guidance_type)
+        system.check(request)  # what it supports: the capability and the guidance type
         if args.guide is not None:
-            guide = load_guide(args.guide, args.guidance_type)
+            request = request.of(request, guide=load_guide(args.guide, args.guidance_type))
     except (ValueError, OSError, KeyError) as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
     try:
-        paths = generate_files(system, args.prompt, args.out, negative_prompt=args.negative,
-                               num_images=args.num_images, seed=args.seed, steps=args.steps, sampler=args.sampler,
-                               guidance=args.guidance, width=args.width, height=args.height, image=image, mask=mask,
-                               strength=strength if image is not None else 1.0, guidance_type=args.guidance_type,
-                               guide=guide, precision=args.precision, progress=not args.no_progress)
+        paths = generate_files(system, request, args.out)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise _flagged(e) from None
     for path in paths:
         print(f"wrote {path}")
     return 0

@@ -21,12 +21,14 @@ class ModelSettings:
     precision: str = "fp32"  # fp32 | bf16 | auto (GenerationRequest.precision)
 
     def __post_init__(self) -> None:
-        from t2i.diffusion import SAMPLERS
+        self.request()  # the request checks the sampler, steps, guidance and precision (one-line ValueErrors)
 
-        if self.sampler is not None and self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler '{self.sampler}'; choose from {', '.join(sorted(SAMPLERS))}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"--steps must be at least 1, got {self.steps}")
+    def request(self, prompts: tuple[str, ...] = ("a red circle",), seed: int = 0):
+        """A `GenerationRequest` with these settings; evaluators replace its prompts, seed and images."""
+        from t2i.systems.request import GenerationRequest
+
+        return GenerationRequest(prompts=prompts, seed=seed, steps=self.steps, sampler=self.sampler,
+                                 guidance=self.guidance, precision=self.precision)
 
 
 GenerateFn = Callable[[list[str], int], list]  # (prompts, seed) -> PIL images

@@ -1,0 +1,61 @@
+"""Conversion: any model t2i reads -> a t2i folder, a diffusers folder or one original-layout file; a
+guide run -> a guide folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from t2i.api.guides import guide_kind, load_guide
+from t2i.api.loading import load
+
+
+CONVERT_FORMATS = ("t2i", "diffusers", "single-file")
+
+
+CONVERT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None,
+            config_dir: str | os.PathLike | None = None, dtype: str = "float32") -> Path:
+    """Read a model in any format t2i reads and write it as a t2i folder, a diffusers folder or one
+    original-layout .safetensors file (default: diffusers for a t2i folder, t2i for anything else);
+    a t2i folder may store its weights as float16 or bfloat16 (`dtype`). A guide (a noise-aware clip or
+    classifier run, or a guide folder) is written as a guide folder, e.g. a GLIDE folder's guide_clip/."""
+    src, dst = Path(src), Path(dst)
+    if dtype not in CONVERT_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(CONVERT_DTYPES)}")
+    if dst.exists() and (dst.is_file() or any(dst.iterdir())):
+        raise ValueError(f"{dst} already exists and is not empty; give a new path")
+    kind = guide_kind(src)
+    if kind is not None:
+        if to not in (None, "t2i"):
+            raise ValueError(f"{src} is a {kind} guide: it converts to a t2i guide folder only (--to t2i)")
+        import torch
+
+        return load_guide(src).save(dst, dtype=getattr(torch, dtype))
+    if to is None:
+        to = "diffusers" if (src / "system.json").is_file() else "t2i"  # a diffusers, single-file or training run
+    if to not in CONVERT_FORMATS:
+        raise ValueError(f"unknown target format {to!r}; choose from {', '.join(CONVERT_FORMATS)}")
+    if dtype != "float32" and to != "t2i":
+        raise ValueError(f"--dtype {dtype} is for t2i folders; diffusers and single-file exports are float32")
+    system = load(src, config_dir=config_dir)
+    if to == "t2i":
+        import torch
+
+        return system.save(dst, dtype=getattr(torch, dtype))
+    if to == "diffusers":
+        from t2i.io.diffusers_pipeline import save_diffusers_pipeline
+
+        return save_diffusers_pipeline(system, dst)
+    from t2i.io.sd_single_file import StableDiffusionWeights, save_sd_single_file
+
+    if dst.suffix.lower() != ".safetensors":
+        raise ValueError(f"{dst}: a single-file checkpoint is written as a '.safetensors' file")
+    if system.config.text.kind != "clip":
+        raise ValueError("only CLIP-text systems have an original single-file layout")
+    weights = StableDiffusionWeights(unet=system.unet, vae=system.autoencoder,
+                                     text_encoder=system.text_encoder.transformer)
+    return save_sd_single_file(weights, dst)
+
