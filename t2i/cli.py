@@ -104,14 +104,13 @@ def _run_eval_inpaint(args: argparse.Namespace) -> int:
 
 def _run_eval_shapes(args: argparse.Namespace) -> int:
     from t2i.api import model_generator
-    from t2i.eval.run import run_eval_shapes
+    from t2i.eval.run import ShapesJob, run_eval_shapes
 
     settings = _model_settings(args)
     try:
-        run_eval_shapes(real=args.real, images=args.images, model=args.model, settings=settings,
-                        make_generator=model_generator,
-                        n_per_prompt=args.n_per_prompt, size=args.size, json_path=args.json, seed=args.seed,
-                        prompts_path=args.prompts)
+        job = ShapesJob(real=args.real, images=args.images, model=args.model, n_per_prompt=args.n_per_prompt,
+                        size=args.size, seed=args.seed, json_path=args.json, prompts_path=args.prompts)
+        run_eval_shapes(job, settings, model_generator)
     except (ValueError, OSError) as e:
         raise UsageError(str(e)) from e
     return 0
@@ -317,14 +316,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from t2i.serve import Limits, serve
+    from t2i.serve import Limits, Listen, serve
 
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_image_bytes=int(args.max_image_mb * 2**20),
                     max_side=args.max_side, max_n=args.max_n, max_steps=args.max_steps)
     try:
-        serve([s.strip() for s in args.systems.split(",") if s.strip()], host=args.host, port=args.port,
-              api_key=args.api_key or None, limits=limits, max_waiting=args.queue_size, device=args.device,
-              tiny=args.tiny)
+        serve([s.strip() for s in args.systems.split(",") if s.strip()],
+              Listen(host=args.host, port=args.port, api_key=args.api_key or None), limits=limits,
+              max_waiting=args.queue_size, device=args.device, tiny=args.tiny)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return 0

@@ -46,3 +46,21 @@ def test_leaves_import_nothing_from_t2i():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert not node.module.startswith("t2i"), f"{leaf} imports {node.module}"
+
+
+MAX_PARAMETERS = 8  # DESIGN.md: no 40-argument constructors; group related values into a frozen dataclass
+
+
+def test_no_function_takes_more_than_eight_parameters():
+    """Positional + keyword-only parameters, self / cls aside (*args / **kwargs are not counted: a catch-all
+    must end in a dataclass constructor, as save_checkpoint's does)."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+                names = names[1:] if names[:1] in (["self"], ["cls"]) else names
+                if len(names) > MAX_PARAMETERS:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} takes {len(names)}")
+    assert not long, "\n".join(long)

@@ -17,14 +17,14 @@ from t2i.diffusion.guidance import (
     clip_log_prob,
     dynamic_threshold,
 )
-from t2i.diffusion.losses import WEIGHTINGS, diffusion_loss
+from t2i.diffusion.losses import WEIGHTINGS, diffusion_loss, training_draw
 from t2i.diffusion.samplers import SAMPLERS, get_sampler
-from t2i.diffusion.sampling import SPACINGS, sample, sampling_sigmas
+from t2i.diffusion.sampling import SPACINGS, run_sampler, sample, sampling_sigmas
 from t2i.diffusion.schedules import DiscreteSchedule, karras_sigmas, snr
 
 __all__ = [
     "ClassifierFreeGuidance", "ConcatInputs", "DiscreteDenoiser", "DiscreteSchedule", "DynamicThreshold",
     "EDMDenoiser", "GradientGuidance", "PREDICTIONS", "SAMPLERS", "SPACINGS", "StaticThreshold", "TimestepNet",
     "WEIGHTINGS", "any_of_log_prob", "classifier_log_prob", "clip_log_prob", "diffusion_loss", "dynamic_threshold",
-    "get_sampler", "karras_sigmas", "sample", "sampling_sigmas", "snr",
+    "get_sampler", "karras_sigmas", "run_sampler", "sample", "sampling_sigmas", "snr", "training_draw",
 ]

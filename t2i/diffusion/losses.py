@@ -27,24 +27,33 @@ def _min_snr(denoiser, sigma: torch.Tensor, gamma: float) -> torch.Tensor:
 WEIGHTINGS: dict[str, Callable] = {"uniform": _uniform, "min_snr": _min_snr}
 
 
+def training_draw(denoiser, x0: torch.Tensor,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma (B,), noise like x0) for a training batch x0 (B, ...): sigmas from the denoiser's
+    `sample_training_sigmas`, unit noise drawn on the generator's device, both from `generator`."""
+    sigma = denoiser.sample_training_sigmas(x0.shape[0], generator)
+    device = generator.device if generator is not None else x0.device
+    dtype = torch.float32 if x0.dtype != torch.float64 else x0.dtype
+    noise = torch.randn(x0.shape, generator=generator, device=device, dtype=dtype).to(x0.device)
+    return sigma, noise
+
+
 def diffusion_loss(denoiser, x0: torch.Tensor, cond: Cond | None = None, *, weighting: str = "uniform",
-                   gamma: float = 5.0, generator: torch.Generator | None = None,
-                   sigma: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                   gamma: float = 5.0, sigma: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                    reduce: bool = True) -> torch.Tensor:
     """Mean (or per-sample, reduce=False) weighted denoising loss on a batch x0 (B, ...).
 
-    Sigmas come from `denoiser.sample_training_sigmas` unless given; noise is drawn from
-    `generator` unless given.
+    Sigmas and noise are drawn from the global RNG unless given (`training_draw` draws both from a
+    generator).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown loss weighting {weighting!r}; choose from {sorted(WEIGHTINGS)}")
     b = x0.shape[0]
-    if sigma is None:
-        sigma = denoiser.sample_training_sigmas(b, generator)
+    if sigma is None or noise is None:
+        drawn_sigma, drawn_noise = training_draw(denoiser, x0)
+        sigma = drawn_sigma if sigma is None else sigma
+        noise = drawn_noise if noise is None else noise
     sigma = sigma.to(device=x0.device, dtype=torch.float32 if x0.dtype != torch.float64 else x0.dtype)
-    if noise is None:
-        device = generator.device if generator is not None else x0.device
-        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=sigma.dtype).to(x0.device)
     x0 = x0.to(sigma.dtype)
     x = x0 + append_dims(sigma, x0.ndim) * noise  # the forward process, VE form
     x0_hat = denoiser(x, sigma, cond).to(sigma.dtype)

@@ -37,31 +37,24 @@ def check_sigmas(sigmas: torch.Tensor) -> None:
 
 
 def sample(denoiser: Denoiser, shape: Sequence[int], *, steps: int = 50, sampler: str = "dpmpp_2m",
-           spacing: str = "leading", sigmas: torch.Tensor | None = None, cond: Cond | None = None,
-           generator: torch.Generator | None = None, x_start: torch.Tensor | None = None,
-           device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-           callback: Callback = None, x_T: torch.Tensor | None = None, **sampler_options: float) -> torch.Tensor:
-    """Draw samples of `shape` (B, ...). The initial noise comes from `generator` (CPU by default)
-    scaled to the first sigma; `x_start` (a clean sample) starts from x_start + noise instead
-    (img2img: pass the tail of the sigmas); `x_T` starts from that VE sample at sigmas[0] as given
-    (a caller that draws and scales its own noise, e.g. to reproduce another library's draw)."""
+           spacing: str = "leading", cond: Cond | None = None, generator: torch.Generator | None = None,
+           dtype: torch.dtype = torch.float32, **sampler_options: float) -> torch.Tensor:
+    """Draw samples of `shape` (B, ...) on the CPU: noise from `generator` scaled to the first sigma, then
+    `steps` steps of `sampler` over the denoiser's sigmas at `spacing`. To start from another sample
+    (img2img, a caller's own noise, another device), draw it and call `run_sampler`."""
+    sigmas = sampling_sigmas(denoiser, steps, spacing)
+    noise = randn(tuple(shape), torch.empty((), dtype=dtype), generator)
+    x = noise * denoiser.noise_scale(float(sigmas[0]))
+    return run_sampler(denoiser, x, sigmas, sampler=sampler, cond=cond, generator=generator, **sampler_options)
+
+
+def run_sampler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, sampler: str, cond: Cond | None = None,
+                generator: torch.Generator | None = None, callback: Callback = None,
+                **sampler_options: float) -> torch.Tensor:
+    """Run a sampler by name from the VE sample `x` at sigmas[0] down `sigmas` (checked), on x's device."""
     sampler_fn = get_sampler(sampler)
-    if sigmas is None:
-        sigmas = sampling_sigmas(denoiser, steps, spacing)
     check_sigmas(sigmas)
-    if x_T is not None:
-        if x_start is not None or tuple(x_T.shape) != tuple(shape):
-            raise ValueError(f"x_T must have shape {tuple(shape)} and excludes x_start")
-        return sampler_fn(denoiser, x_T.to(device=device, dtype=dtype), sigmas.to(device), cond=cond,
-                          generator=generator, callback=callback, **sampler_options)
-    like = torch.empty((), device=device, dtype=dtype)
-    noise = randn(tuple(shape), like, generator)
-    sigma0 = float(sigmas[0])
-    if x_start is None:
-        x = noise * denoiser.noise_scale(sigma0)
-    else:
-        x = x_start.to(device=device, dtype=dtype) + noise * sigma0
-    return sampler_fn(denoiser, x, sigmas.to(device), cond=cond, generator=generator, callback=callback,
+    return sampler_fn(denoiser, x, sigmas.to(x.device), cond=cond, generator=generator, callback=callback,
                       **sampler_options)
 
 

@@ -60,7 +60,7 @@ def run_toy_demo(n: int = 4000, steps: int = 50, seed: int = 0) -> None:
     """Sample N(mean=0.5, std=0.3) data with each sampler over its exact denoiser, then train a
     small MLP with the diffusion loss on two points and sample it; print what happened."""
     from t2i.diffusion.denoisers import DiscreteDenoiser
-    from t2i.diffusion.losses import diffusion_loss
+    from t2i.diffusion.losses import diffusion_loss, training_draw
     from t2i.diffusion.sampling import sample
     from t2i.diffusion.samplers import SAMPLERS
     from t2i.diffusion.schedules import DiscreteSchedule
@@ -86,7 +86,8 @@ def run_toy_demo(n: int = 4000, steps: int = 50, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     for step in range(1500):
         x0 = points[torch.randint(0, 2, (256,), generator=g)]
-        loss = diffusion_loss(learned, x0, weighting="min_snr", generator=g)
+        sigma, noise = training_draw(learned, x0, g)
+        loss = diffusion_loss(learned, x0, weighting="min_snr", sigma=sigma, noise=noise)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -35,35 +35,54 @@ GenerateFn = Callable[[list[str], int], list]  # (prompts, seed) -> PIL images
 MakeGenerator = Callable[[str, ModelSettings], GenerateFn]
 
 
-def run_eval_shapes(*, real: bool = False, images: str | None = None, model: str | None = None,
-                    settings: ModelSettings = ModelSettings(), make_generator: MakeGenerator | None = None,
-                    n_per_prompt: int = 4, size: int = 64, json_path: str | None = None, seed: int = 0,
-                    prompts_path: str | None = None) -> dict | None:
+@dataclass(frozen=True)
+class ShapesJob:
+    """What `t2i eval shapes` scores and writes: exactly one source (ground-truth renders at `size` px,
+    a folder of images, or a model sampled with `settings`), unless only the suite's prompts are asked."""
+
+    real: bool = False
+    images: str | None = None
+    model: str | None = None
+    n_per_prompt: int = 4
+    size: int = 64
+    seed: int = 0
+    json_path: str | None = None
+    prompts_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.real + (self.images is not None) + (self.model is not None) != (0 if self.prompts_only else 1):
+            raise ValueError("give exactly one of --real, --images DIR or --model NAME|PATH (or --prompts FILE)")
+        if self.n_per_prompt < 1:
+            raise ValueError(f"--n-per-prompt must be at least 1, got {self.n_per_prompt}")
+        if self.size < 16:
+            raise ValueError(f"--size must be at least 16, got {self.size}")
+
+    @property
+    def prompts_only(self) -> bool:
+        return bool(self.prompts_path) and not self.real and self.images is None and self.model is None
+
+
+def run_eval_shapes(job: ShapesJob, settings: ModelSettings = ModelSettings(),
+                    make_generator: MakeGenerator | None = None) -> dict | None:
     """Score ground-truth renders at `size` px (real), a folder of images or a model's samples, at 64 px;
     write JSON when asked. A model is sampled by make_generator(model, settings) (`t2i.api.model_generator`:
     loading systems is the floor above this one)."""
-    if prompts_path:
-        write_suite(prompts_path)
-        print(f"wrote the suite's prompts to {prompts_path}")
-        if not real and images is None and model is None:
+    if job.prompts_path:
+        write_suite(job.prompts_path)
+        print(f"wrote the suite's prompts to {job.prompts_path}")
+        if job.prompts_only:
             return None
-    if real + (images is not None) + (model is not None) != 1:
-        raise ValueError("give exactly one of --real, --images DIR or --model NAME|PATH (or --prompts FILE)")
-    if n_per_prompt < 1:
-        raise ValueError(f"--n-per-prompt must be at least 1, got {n_per_prompt}")
-    if size < 16:
-        raise ValueError(f"--size must be at least 16, got {size}")
-    if real:
-        result = score(ground_truth_images(n_per_prompt, size, seed))  # rendered at size, scored at 64 px
-    elif model is not None:
+    if job.real:
+        result = score(ground_truth_images(job.n_per_prompt, job.size, job.seed))  # rendered at size, scored at 64 px
+    elif job.model is not None:
         if make_generator is None:
             raise ValueError("--model needs make_generator (t2i.api.model_generator) to load and sample it")
-        result = evaluate(make_generator(model, settings), n_per_prompt=n_per_prompt, seed=seed)
-        result["model"] = {"name": model, "steps": settings.steps, "sampler": settings.sampler,
-                           "guidance": settings.guidance, "n_per_prompt": n_per_prompt, "seed": seed}
+        result = evaluate(make_generator(job.model, settings), n_per_prompt=job.n_per_prompt, seed=job.seed)
+        result["model"] = {"name": job.model, "steps": settings.steps, "sampler": settings.sampler,
+                           "guidance": settings.guidance, "n_per_prompt": job.n_per_prompt, "seed": job.seed}
     else:
-        result = evaluate_dir(images)
+        result = evaluate_dir(job.images)
     print(markdown_table(result))
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    if job.json_path:
+        Path(job.json_path).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -16,10 +16,12 @@ Safe by default: binds 127.0.0.1; an optional API key (`--api-key` or $T2I_API_K
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from t2i.serve.app import Service, create_app, run_system
 from t2i.serve.params import ApiError, Limits
 
-__all__ = ["ApiError", "Limits", "Service", "create_app", "load_systems", "run_system", "serve"]
+__all__ = ["ApiError", "Limits", "Listen", "Service", "create_app", "load_systems", "run_system", "serve"]
 
 
 def load_systems(names: list[str], device: str = "cpu", tiny: bool = False) -> tuple[dict, dict[str, str]]:
@@ -40,9 +42,18 @@ def load_systems(names: list[str], device: str = "cpu", tiny: bool = False) -> t
     return systems, failed
 
 
-def serve(names: list[str], *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          limits: Limits = Limits(), max_waiting: int = 8, device: str = "cpu", tiny: bool = False,
-          log_level: str = "info") -> None:
+@dataclass(frozen=True)
+class Listen:
+    """Where and for whom the service answers: address, port, an optional API key, uvicorn's log level."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    log_level: str = "info"
+
+
+def serve(names: list[str], listen: Listen = Listen(), *, limits: Limits = Limits(), max_waiting: int = 8,
+          device: str = "cpu", tiny: bool = False) -> None:
     """Load the systems and answer until interrupted."""
     import sys
 
@@ -53,10 +64,11 @@ def serve(names: list[str], *, host: str = "127.0.0.1", port: int = 8000, api_ke
         print(f"t2i serve: {name} is unavailable (answered 503): {why}", file=sys.stderr)
     if not systems:
         raise ValueError("no system loaded: " + "; ".join(f"{n}: {w}" for n, w in failed.items()))
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+    host, port = listen.host, listen.port
+    if host not in ("127.0.0.1", "localhost", "::1") and listen.api_key is None:
         print(f"t2i serve: warning: listening on {host} without an API key: anyone who reaches this port can "
               "generate (give --api-key or $T2I_API_KEY)", file=sys.stderr)
-    app = create_app(Service(systems, failed, limits, max_waiting, api_key))
+    app = create_app(Service(systems, failed, limits, max_waiting, listen.api_key))
     print(f"t2i serve: {', '.join(sorted(systems))} on http://{host}:{port}/ (OpenAI base_url "
           f"http://{host}:{port}/v1)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level=listen.log_level, timeout_graceful_shutdown=5)

@@ -16,7 +16,7 @@ from t2i.diffusion.config import SamplingConfig
 from t2i.diffusion.denoisers import ConcatInputs, Cond, Denoiser, DiscreteDenoiser, WithCond
 from t2i.diffusion.guidance import ClassifierFreeGuidance, GradientGuidance, LogProb, thresholded
 from t2i.diffusion.samplers import randn
-from t2i.diffusion.sampling import img2img_sigmas, initial_sample, mask_blend, sample, to_vp
+from t2i.diffusion.sampling import img2img_sigmas, initial_sample, mask_blend, run_sampler, to_vp
 from t2i.diffusion.schedules import DiscreteSchedule
 from t2i.encoders.registry import TextConfig, encode_prompts
 from t2i.systems.request import GenerationRequest
@@ -111,6 +111,6 @@ def sample_stage(denoiser: Denoiser, run: StageRun, generator: torch.Generator) 
             run.progress(i)
 
     options = {"eta": s.eta} if s.sampler == "ddim" else {}
-    x = sample(denoiser, run.shape, sampler=s.sampler, sigmas=sigmas, cond=run.cond, generator=generator, x_T=x_T,
-               device=noise.device, dtype=noise.dtype, callback=callback, **options)
+    x = run_sampler(denoiser, x_T.to(device=noise.device, dtype=noise.dtype), sigmas, sampler=s.sampler,
+                    cond=run.cond, generator=generator, callback=callback, **options)
     return to_vp(x, float(sigmas[-1]))

@@ -85,23 +85,34 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(
-    root: str | os.PathLike,
-    step: int,
-    *,
-    config: dict[str, Any],
-    model: dict[str, torch.Tensor],
-    ema: dict[str, torch.Tensor],
-    optimizer: dict[str, Any],
-    state: dict[str, Any],
-    extras: dict[str, bytes] | None = None,
-    keep: int = 3,
-    on_file: Callable[[str], None] | None = None,
-) -> Path:
+@dataclass(frozen=True)
+class CheckpointParts:
+    """What one checkpoint holds: the config (the recipe), raw and EMA weights, the optimizer's state_dict,
+    the training state (step, data position, RNG states) and a stage's extra files (name -> bytes)."""
+
+    config: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    state: dict[str, Any]
+    extras: dict[str, bytes] | None = None
+
+
+def save_checkpoint(root: str | os.PathLike, step: int, *, keep: int = 3, on_file: Callable[[str], None] | None = None,
+                    **parts: Any) -> Path:
+    """`write_checkpoint` with the parts as keywords (config=, model=, ema=, optimizer=, state=, extras=),
+    the form the trainer calls; the keywords go straight into CheckpointParts, which checks them."""
+    return write_checkpoint(root, step, CheckpointParts(**parts), keep=keep, on_file=on_file)
+
+
+def write_checkpoint(root: str | os.PathLike, step: int, parts: CheckpointParts, *, keep: int = 3,
+                     on_file: Callable[[str], None] | None = None) -> Path:
     """Write checkpoint `step` under `root` atomically, then delete all but the last `keep`.
 
     `on_file(name)` runs before each file is written (tests use it to be killed mid-save).
     """
+    config, model, ema, optimizer, state, extras = (parts.config, parts.model, parts.ema, parts.optimizer,
+                                                    parts.state, parts.extras)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
