@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from t2i.io.keymap import Rename, from_layout, renames, to_layout
-from t2i.io.weights import load_into, read_model_folder, write_model_folder
+from t2i.io.weights import load_model_folder, write_model_folder
 from t2i.nn.transformer import TextTransformer, TextTransformerConfig, TransformerConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -128,11 +128,8 @@ def _transformers_major() -> int:
 
 def load_transformers_clip(folder: str | os.PathLike) -> TextTransformer:
     """Build a t2i TextTransformer from a transformers CLIP text folder (config.json + model.safetensors)."""
-    config, state = read_model_folder(folder, WEIGHTS_NAME)
-    cfg = clip_config_from_transformers(config)
-    model = TextTransformer(cfg)
-    load_into(model, from_transformers(state, cfg), where=str(folder))
-    return model
+    return load_model_folder(folder, WEIGHTS_NAME, lambda c: TextTransformer(clip_config_from_transformers(c)),
+                             from_transformers)
 
 
 def save_transformers_clip(model: TextTransformer, folder: str | os.PathLike) -> Path:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
 from t2i.io.keymap import Rename, from_layout, renames, to_layout
-from t2i.io.weights import load_into, read_model_folder, write_model_folder
+from t2i.io.weights import load_model_folder, write_model_folder
 from t2i.nn.unet import UNet, UNetConfig
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -231,16 +232,25 @@ def expected_shapes(cfg: UNetConfig) -> dict[str, torch.Size]:
         return {k: v.shape for k, v in UNet(cfg).state_dict().items()}
 
 
-def from_diffusers(state: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
-    """diffusers UNet2DConditionModel state dict -> t2i UNet state dict (names every misfit)."""
-    return from_layout(diffusers_table(config), state, expected=expected_shapes(config), where="diffusers UNet")
+@dataclass(frozen=True)
+class UNetLayout:
+    """A public layout of the t2i UNet's tensors, as a rename table (config, *, linear_projection) -> renames:
+    `read` maps its tensors to t2i's (names every misfit), `write` maps t2i's to it."""
+
+    table: Callable[..., list[Rename]]
+    name: str
+
+    def read(self, state: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
+        return from_layout(self.table(config), state, expected=expected_shapes(config), where=self.name)
+
+    def write(self, state: dict[str, torch.Tensor], config: UNetConfig, *,
+              linear_projection: bool = False) -> dict[str, torch.Tensor]:
+        return to_layout(self.table(config, linear_projection=linear_projection), state, where="t2i UNet")
 
 
-def to_diffusers(
-    state: dict[str, torch.Tensor], config: UNetConfig, *, linear_projection: bool = False
-) -> dict[str, torch.Tensor]:
-    """t2i UNet state dict -> diffusers UNet2DConditionModel state dict."""
-    return to_layout(diffusers_table(config, linear_projection=linear_projection), state, where="t2i UNet")
+DIFFUSERS_LAYOUT = UNetLayout(diffusers_table, "diffusers UNet")
+from_diffusers = DIFFUSERS_LAYOUT.read  # diffusers UNet2DConditionModel state dict -> t2i UNet state dict
+to_diffusers = DIFFUSERS_LAYOUT.write  # t2i UNet state dict -> diffusers UNet2DConditionModel state dict
 
 
 def uses_linear_projection(diffusers_config: dict[str, Any]) -> bool:
@@ -257,11 +267,8 @@ def _weights_name(folder: Path) -> str:
 
 def load_diffusers_unet(folder: str | os.PathLike) -> UNet:
     """Build a t2i UNet from a diffusers `unet/` folder (config.json + safetensors weights)."""
-    config, state = read_model_folder(folder, _weights_name(Path(folder)))
-    cfg = unet_config_from_diffusers(config)
-    model = UNet(cfg)
-    load_into(model, from_diffusers(state, cfg), where=str(folder))
-    return model
+    return load_model_folder(folder, _weights_name(Path(folder)), lambda c: UNet(unet_config_from_diffusers(c)),
+                             from_diffusers)
 
 
 def save_diffusers_unet(

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from t2i.io.keymap import Rename, from_layout, renames, to_layout
-from t2i.io.weights import load_into, read_model_folder, write_model_folder
+from t2i.io.weights import load_model_folder, write_model_folder
 from t2i.nn.autoencoder import AutoencoderConfig, AutoencoderKL
 
 _RES = ("norm1", "conv1", "norm2", "conv2")
@@ -126,11 +126,7 @@ def to_diffusers(state: dict[str, torch.Tensor], config: AutoencoderConfig) -> d
 
 def load_diffusers_vae(folder: str | os.PathLike) -> AutoencoderKL:
     """Build a t2i AutoencoderKL from a diffusers `vae/` folder (config.json + safetensors weights)."""
-    config, state = read_model_folder(folder, WEIGHTS_NAME)
-    cfg = vae_config_from_diffusers(config)
-    model = AutoencoderKL(cfg)
-    load_into(model, from_diffusers(state, cfg), where=str(folder))
-    return model
+    return load_model_folder(folder, WEIGHTS_NAME, lambda c: AutoencoderKL(vae_config_from_diffusers(c)), from_diffusers)
 
 
 def save_diffusers_vae(model: AutoencoderKL, folder: str | os.PathLike) -> Path:

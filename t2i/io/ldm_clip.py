@@ -26,25 +26,25 @@ def _count_layers(state: dict[str, torch.Tensor], pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
+def _causal_clip(embedding: torch.Tensor, positions: torch.Tensor, layers: int, mlp_dim: int, activation: str,
+                 heads: int | None) -> TextTransformerConfig:
+    """A CLIP text tower's config from its token embedding (vocab, width) and position table: causal
+    attention, argmax (end-of-text) pooling, 64-wide heads unless `heads` says."""
+    vocab, width = embedding.shape
+    transformer = TransformerConfig(width=width, layers=layers, heads=heads or width // HEAD_DIM, mlp_dim=mlp_dim,
+                                    activation=activation, causal=True)
+    return TextTransformerConfig(vocab_size=vocab, max_length=positions.shape[0], transformer=transformer,
+                                 pool="argmax", eos_token_id=49407)
+
+
 def clip_config_from_ldm(state: dict[str, torch.Tensor], *, heads: int | None = None) -> TextTransformerConfig:
     """Infer the SD 1.x text encoder config from its tensors (prefix stripped): OpenAI CLIP, quick_gelu, argmax pooling."""
     p = HF_PREFIX if any(k.startswith(HF_PREFIX) for k in state) else ""  # very old files lack it
     try:
-        vocab, width = state[f"{p}embeddings.token_embedding.weight"].shape
-        return TextTransformerConfig(
-            vocab_size=vocab,
-            max_length=state[f"{p}embeddings.position_embedding.weight"].shape[0],
-            transformer=TransformerConfig(
-                width=width,
-                layers=_count_layers(state, rf"{re.escape(p)}encoder\.layers\.(\d+)\."),
-                heads=heads or width // HEAD_DIM,
-                mlp_dim=state[f"{p}encoder.layers.0.mlp.fc1.weight"].shape[0],
-                activation="quick_gelu",
-                causal=True,
-            ),
-            pool="argmax",
-            eos_token_id=49407,
-        )
+        return _causal_clip(state[f"{p}embeddings.token_embedding.weight"],
+                            state[f"{p}embeddings.position_embedding.weight"],
+                            _count_layers(state, rf"{re.escape(p)}encoder\.layers\.(\d+)\."),
+                            state[f"{p}encoder.layers.0.mlp.fc1.weight"].shape[0], "quick_gelu", heads)
     except KeyError as e:
         raise ValueError(f"SD 1.x text encoder: cannot infer the config, tensor {e} is missing") from None
 
@@ -78,22 +78,10 @@ def openclip_config_from_ldm(
 ) -> TextTransformerConfig:
     """Infer the SD 2.x OpenCLIP text config (prefix stripped); `penultimate` drops the last block as SD 2 does."""
     try:
-        vocab, width = state["token_embedding.weight"].shape
         layers = _count_layers(state, r"transformer\.resblocks\.(\d+)\.")
-        return TextTransformerConfig(
-            vocab_size=vocab,
-            max_length=state["positional_embedding"].shape[0],
-            transformer=TransformerConfig(
-                width=width,
-                layers=layers - 1 if penultimate else layers,
-                heads=heads or width // HEAD_DIM,
-                mlp_dim=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                activation="gelu",
-                causal=True,
-            ),
-            pool="argmax",
-            eos_token_id=49407,
-        )
+        return _causal_clip(state["token_embedding.weight"], state["positional_embedding"],
+                            layers - 1 if penultimate else layers,
+                            state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0], "gelu", heads)
     except KeyError as e:
         raise ValueError(f"SD 2.x OpenCLIP text encoder: cannot infer the config, tensor {e} is missing") from None
 

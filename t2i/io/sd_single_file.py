@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from t2i.io import ldm_clip, ldm_vae
-from t2i.io.diffusers_unet import diffusers_table, expected_shapes
-from t2i.io.keymap import Rename, from_layout, to_layout
+from t2i.io.diffusers_unet import UNetLayout, diffusers_table
+from t2i.io.keymap import Rename
 from t2i.io.weights import load_into, load_safetensors, save_safetensors
 from t2i.nn.autoencoder import AutoencoderKL
 from t2i.nn.transformer import TextTransformer
@@ -92,16 +92,9 @@ def ldm_unet_table(cfg: UNetConfig, *, linear_projection: bool = False) -> list[
     ]
 
 
-def unet_from_ldm(state: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
-    """LDM-layout UNet tensors (prefix stripped) -> t2i UNet state dict (names every misfit)."""
-    return from_layout(ldm_unet_table(config), state, expected=expected_shapes(config), where="SD single-file UNet")
-
-
-def unet_to_ldm(
-    state: dict[str, torch.Tensor], config: UNetConfig, *, linear_projection: bool = False
-) -> dict[str, torch.Tensor]:
-    """t2i UNet state dict -> LDM-layout UNet tensors (no prefix)."""
-    return to_layout(ldm_unet_table(config, linear_projection=linear_projection), state, where="t2i UNet")
+LDM_LAYOUT = UNetLayout(ldm_unet_table, "SD single-file UNet")
+unet_from_ldm = LDM_LAYOUT.read  # LDM-layout UNet tensors (prefix stripped) -> t2i UNet state dict
+unet_to_ldm = LDM_LAYOUT.write  # t2i UNet state dict -> LDM-layout UNet tensors (no prefix)
 
 
 def _indices(state: dict[str, torch.Tensor], pattern: str) -> list[int]:

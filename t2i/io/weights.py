@@ -11,7 +11,7 @@ import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -217,6 +217,16 @@ def read_model_folder(folder: str | os.PathLike, weights_name: str) -> tuple[dic
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: no config.json (expected a diffusers / transformers model folder)")
     return json.loads(config_path.read_text()), load_safetensors(folder / weights_name)
+
+
+def load_model_folder(folder: str | os.PathLike, weights_name: str, build: Callable[[dict[str, Any]], Any],
+                      convert: Callable[[dict[str, torch.Tensor], Any], dict[str, torch.Tensor]]):
+    """A t2i module from a diffusers / transformers model folder: `build(config.json)` makes it and
+    `convert(state, module.config)` maps the folder's weights onto it (every misfit named)."""
+    config, state = read_model_folder(folder, weights_name)
+    model = build(config)
+    load_into(model, convert(state, model.config), where=str(folder))
+    return model
 
 
 def write_model_folder(

@@ -30,11 +30,26 @@ def write_system_json(folder: Path, system: str, fmt: int, name: str, config: An
 
 def read_system_json(folder: Path, system: str, fmt: int) -> dict[str, Any]:
     """The system.json `write_system_json` wrote, checked to be this system's layout version."""
-    meta = json.loads((folder / "system.json").read_text())
-    if meta.get("system") != system or meta.get("format") != fmt:
+    try:
+        meta = json.loads((folder / "system.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{folder / 'system.json'} is not valid JSON ({e.__class__.__name__}: {e})") from None
+    if not isinstance(meta, dict) or meta.get("system") != system or meta.get("format") != fmt:
         raise ValueError(f"{folder}: not a t2i {system} folder of format {fmt} (system.json says "
                          f"{meta.get('system')!r}, format {meta.get('format')!r})")
     return meta
+
+
+def read_system(folder: Path, system: str, fmt: int, config_cls: type) -> tuple[Any, str]:
+    """(config, saved name) of a t2i `system` folder: system.json checked to be this system's layout
+    version and its config read by `config_cls.from_dict` (a missing, unknown or wrongly typed field named
+    in one line)."""
+    meta = read_system_json(folder, system, fmt)
+    try:
+        config = config_cls.from_dict(meta["config"])
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ValueError(f"{folder / 'system.json'}: {str(e).splitlines()[0] if str(e) else repr(e)}") from None
+    return config, str(meta.get("name", system))
 
 
 def save_module(module: nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:

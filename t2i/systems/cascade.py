@@ -17,7 +17,7 @@ from t2i.diffusion.config import SamplingConfig, ScheduleConfig
 from t2i.encoders.registry import TextConfig, build_text_encoder
 from t2i.nn.transformer import VectorPrior, VectorPriorConfig
 from t2i.nn.unet import UNet, UNetConfig
-from t2i.systems.base import (load_parts, load_text_encoder, read_system_json, save_parts, save_text_encoder,
+from t2i.systems.base import (load_parts, load_text_encoder, read_system, save_parts, save_text_encoder,
                               write_system_json)
 from t2i.systems.request import GenerationRequest
 from t2i.systems.stage import (Guidance, StageRun, augmented_lowres, default_threshold, sample_stage, stage_denoiser,
@@ -119,8 +119,7 @@ class Cascade(SystemBase):
     @classmethod
     def load(cls, folder: str | Path, name: str | None = None) -> "Cascade":
         folder = Path(folder)
-        meta = read_system_json(folder, "cascade", 1)
-        config = CascadeConfig.from_dict(meta["config"])
-        system = cls(config, load_text_encoder(config.text, folder), name or meta.get("name", "cascade"))
+        config, saved_name = read_system(folder, "cascade", 1, CascadeConfig)
+        system = cls(config, load_text_encoder(config.text, folder), name or saved_name)
         load_parts(folder, {"stages": system.nets})
         return system.eval()

@@ -18,7 +18,7 @@ from t2i.config import Config
 from t2i.diffusion.config import SamplingConfig
 from t2i.encoders.registry import TextConfig
 from t2i.nn.unet import UNetConfig
-from t2i.systems.base import read_system_json, write_system_json
+from t2i.systems.base import read_system, write_system_json
 from t2i.systems.guide_folders import copy_guides, guide_log_prob, resolve_guide
 from t2i.systems.guides import Guide
 from t2i.systems.pixel_stage import PixelStage, PixelStageConfig, StagePlan
@@ -141,9 +141,8 @@ class GLIDE(SystemBase):
     @classmethod
     def load(cls, folder: str | Path, name: str | None = None) -> "GLIDE":
         folder = Path(folder)
-        meta = read_system_json(folder, "glide", FORMAT)
-        config = GLIDEConfig.from_dict(meta["config"])
+        config, saved_name = read_system(folder, "glide", FORMAT, GLIDEConfig)
         stages = [PixelStage.load(c, folder / part) for part, c in zip(PARTS, config.stages)]
-        system = cls(config, *stages, name=name or meta.get("name", "glide")).eval()
+        system = cls(config, *stages, name=name or saved_name).eval()
         system.folder = folder
         return system

@@ -20,7 +20,7 @@ from t2i.diffusion.samplers import randn
 from t2i.encoders.registry import TextConfig, build_text_encoder
 from t2i.nn.autoencoder import AutoencoderConfig, AutoencoderKL
 from t2i.nn.unet import UNet, UNetConfig
-from t2i.systems.base import (load_parts, load_text_encoder, read_system_json, save_parts, save_text_encoder,
+from t2i.systems.base import (load_parts, load_text_encoder, read_system, save_parts, save_text_encoder,
                               write_system_json)
 from t2i.systems.request import GenerationRequest
 from t2i.systems.stage import Guidance, StageRun, default_threshold, sample_stage, stage_denoiser, text_conditions
@@ -142,9 +142,8 @@ class LDM(SystemBase):
     @classmethod
     def load(cls, folder: str | Path, name: str | None = None) -> "LDM":
         folder = Path(folder)
-        meta = read_system_json(folder, "ldm", FORMAT)
-        config = LDMConfig.from_dict(meta["config"])
+        config, saved_name = read_system(folder, "ldm", FORMAT, LDMConfig)
         system = cls(config, UNet(config.unet), AutoencoderKL(config.autoencoder),
-                     load_text_encoder(config.text, folder), name or meta.get("name", "ldm"))
+                     load_text_encoder(config.text, folder), name or saved_name)
         load_parts(folder, {"unet": system.unet, "autoencoder": system.autoencoder})
         return system.eval()
