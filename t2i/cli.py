@@ -172,8 +172,19 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
-    p.add_argument("--out", default="t2i.png", metavar="FILE", help="PNG path; with -n > 1, FILE-i.png + FILE-grid.png")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="t2i.png", metavar="FILE|DIR/",
+                   help="FILE.png, FILE.jpg or FILE.jpeg (no suffix: FILE.png; another suffix is refused); an existing "
+                        "directory or a path ending in / gets t2i.png inside it; with -n > 1: FILE-0.png ... and "
+                        "FILE-grid.png (up to 64 images). Written atomically; checked before the model runs "
+                        "(default: t2i.png)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before loading)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B",
+                   help="images sampled at once; more run in chunks of B, so memory stays flat (default: 8)")
+    p.add_argument("--max-pixels", type=int, default=2048 * 2048, metavar="P",
+                   help="largest width x height to make (default: 2048x2048)")
+    p.add_argument("--max-input-pixels", type=int, default=4096 * 4096, metavar="P",
+                   help="largest --image / --mask, checked before decoding (default: 4096x4096)")
+    p.add_argument("--max-images", type=int, default=1000, metavar="N", help="most images per command (default: 1000)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (exact), bf16 autocast, or auto: bf16 where the CPU/GPU does it natively (faster)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -185,6 +196,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", metavar="FILE", help="init image (img2img; with --mask, inpainting)")
     p.add_argument("--mask", metavar="FILE", help="inpainting mask, white = repaint (needs --image)")
     p.add_argument("--strength", type=float, default=None, help="how much of the init image to redraw, (0, 1]")
+    p.add_argument("--feather", type=float, default=0.0, metavar="PX",
+                   help="with --mask: fade the repainted region in over PX pixels inside the mask's edge")
     p.set_defaults(func=_run_generate)
 
 
@@ -202,12 +215,17 @@ def _add_inpaint(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", metavar="FILE", required=True, help="init image")
     p.add_argument("--mask", metavar="FILE", required=True, help="mask of the same size, white = repaint")
     p.add_argument("--strength", type=float, default=1.0, help="how much of the masked part to redraw, (0, 1]")
+    p.add_argument("--feather", type=float, default=0.0, metavar="PX",
+                   help="fade the repainted region in over PX pixels inside the mask's edge (pixels outside the "
+                        "mask are always the image's own)")
     p.set_defaults(func=_run_generate)
 
 
 # The flag of each GenerationRequest field a one-line error may name first.
 FLAGS = {"steps": "--steps", "num_images": "-n", "seed": "--seed", "guidance": "--guidance", "width": "--width",
-         "height": "--height", "strength": "--strength", "precision": "--precision"}
+         "height": "--height", "strength": "--strength", "precision": "--precision", "feather": "--feather",
+         "batch_size": "--batch-size", "max_pixels": "--max-pixels", "max_input_pixels": "--max-input-pixels",
+         "max_images": "--max-images"}
 
 
 def _flagged(e: Exception) -> UsageError:
@@ -220,7 +238,7 @@ def _flagged(e: Exception) -> UsageError:
 def _request(args: argparse.Namespace):
     """The GenerationRequest of a generate / img2img / inpaint command line, checked before any model work."""
     from t2i.api import open_image
-    from t2i.systems.request import GenerationRequest
+    from t2i.systems.request import GenerationRequest, RequestLimits
 
     if args.mask is not None and args.image is None:
         raise UsageError("--mask needs an --image to inpaint")
@@ -229,8 +247,13 @@ def _request(args: argparse.Namespace):
     if args.guide is not None and not os.path.exists(args.guide):
         raise UsageError(f"--guide '{args.guide}': no such folder")
     try:
-        image = open_image(args.image, "init image") if args.image else None
-        mask = open_image(args.mask, "mask") if args.mask else None
+        limits = RequestLimits(max_pixels=args.max_pixels, max_input_pixels=args.max_input_pixels,
+                               max_images=args.max_images)
+    except ValueError as e:
+        raise _flagged(e) from None
+    try:
+        image = open_image(args.image, "init image", limits.max_input_pixels) if args.image else None
+        mask = open_image(args.mask, "mask", limits.max_input_pixels) if args.mask else None
     except ValueError as e:
         raise UsageError(str(e)) from None
     strength = args.strength if args.strength is not None else (0.75 if args.mask is None else 1.0)
@@ -239,15 +262,21 @@ def _request(args: argparse.Namespace):
             prompts=args.prompt, negative_prompt=args.negative, num_images=args.num_images, seed=args.seed,
             steps=args.steps, sampler=args.sampler, guidance=args.guidance, guidance_type=args.guidance_type,
             width=args.width, height=args.height, image=image, mask=mask,
-            strength=strength if image is not None else 1.0, precision=args.precision, progress=not args.no_progress)
+            strength=strength if image is not None else 1.0, precision=args.precision, progress=not args.no_progress,
+            feather=getattr(args, "feather", 0.0), batch_size=args.batch_size, limits=limits)
     except ValueError as e:
         raise _flagged(e) from None
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from t2i.api import generate_files, load, load_guide
+    from t2i.api import check_device, generate_files, load, load_guide, output_plan
 
     request = _request(args)
+    try:
+        output_plan(args.out, len(request.batch))  # before any model work: a bad --out loses nothing
+        check_device(args.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.model is not None and not os.path.exists(args.model):
         raise UsageError(f"--model '{args.model}': no such file or folder")
     try:
@@ -348,9 +377,17 @@ class UsageError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"t2i {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            return int(args.func(args) or 0)
     except UsageError as e:
         print(f"t2i {args.command}: error: {e}", file=sys.stderr)
         return 2

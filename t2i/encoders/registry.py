@@ -32,6 +32,10 @@ class TokenizedTextEncoder(nn.Module):
     def width(self) -> int:
         return self.transformer.config.width
 
+    def prompt_fit(self, text: str) -> tuple[int, int, list[str]]:
+        """(BPE tokens the text needs, tokens read between bos and eos, words none: byte-level BPE spells all)."""
+        return len(self.tokenizer.tokenize(text)), self.tokenizer.max_length - 2, []
+
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device = self.transformer.token_embedding.weight.device
         ids = self.tokenizer(prompts).to(device)  # (B, L)
@@ -85,6 +89,18 @@ class TextConfig(Config):
 def build_text_encoder(text: TextConfig, tokenizer: Any = None) -> nn.Module:
     """The prompt encoder of a TextConfig around its tokenizer: prompts -> (pooled, tokens, mask)."""
     return TEXT_ENCODERS[text.kind].build(text.encoder_config, tokenizer, text.attention_mask)
+
+
+def prompt_warnings(encoder: nn.Module, text: str, what: str = "prompt") -> list[str]:
+    """One-line warnings for a text an encoder (with `prompt_fit`) reads: cut by its context, unknown words."""
+    needed, room, unknown = encoder.prompt_fit(text)
+    found = []
+    if needed > room:
+        found.append(f"the {what} is {needed} tokens long but the text encoder reads {room}: the rest is cut off")
+    if unknown:
+        words = ", ".join(repr(w) for w in list(dict.fromkeys(unknown))[:5]) + (" ..." if len(set(unknown)) > 5 else "")
+        found.append(f"the {what} has words the tokenizer does not know (read as unknown): {words}")
+    return found
 
 
 def encode_prompts(text: TextConfig, encoder: nn.Module, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from t2i.config import Config
-from t2i.encoders.tokenizer import WordTokenizer
+from t2i.encoders.tokenizer import WordTokenizer, split_words
 from t2i.nn.transformer import TextTransformer, TextTransformerConfig, TransformerConfig
 
 
@@ -50,6 +50,11 @@ class TextEncoder(nn.Module):
     @property
     def width(self) -> int:
         return self.config.width
+
+    def prompt_fit(self, text: str) -> tuple[int, int, list[str]]:
+        """(tokens the text needs, tokens read, words outside the vocabulary)."""
+        words = split_words(text)
+        return len(words), self.config.max_length - 1, [w for w in words if w not in self.tokenizer.ids]
 
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device = self.transformer.token_embedding.weight.device

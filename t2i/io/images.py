@@ -56,13 +56,26 @@ class StepBar:
             self.bar.close()
 
 
-def labelled_images(x: torch.Tensor, prompts: list[str], num_images: int, meta: Mapping[str, str]) -> list[Image.Image]:
-    """(B, 3, H, W) in [0, 1], B = prompts x num_images -> PIL images whose `.info` holds the generation
-    parameters `meta`, the prompt and the batch index (written as PNG text chunks by `save_png`)."""
-    images = tensor_to_images(x)
+def labelled_images(x: "torch.Tensor | list[Image.Image]", prompts: list[str], num_images: int,
+                    meta: Mapping[str, str]) -> list[Image.Image]:
+    """(B, 3, H, W) in [0, 1] (or B PIL images), B = prompts x num_images -> PIL images whose `.info` holds the
+    generation parameters `meta`, the prompt and the batch index (written as PNG text chunks by `save_png`)."""
+    images = tensor_to_images(x) if isinstance(x, torch.Tensor) else x
     for i, im in enumerate(images):
         im.info.update(meta, prompt=prompts[i // num_images], batch_index=str(i))
     return images
+
+
+def keep_outside(x: torch.Tensor, original: torch.Tensor, repaint: torch.Tensor, feather: float = 0.0) -> torch.Tensor:
+    """Paste `original` (1|B, 3, H, W) back into images x (B, 3, H, W), both in [0, 1], wherever repaint
+    (1|B, 1, H, W) is 0, so those pixels are the original's exactly; with `feather` px the new pixels fade in
+    over that distance inside the repainted region (a box blur of the kept region, zero outside the mask)."""
+    alpha = repaint.to(x.dtype)
+    r = int(round(feather))
+    if r > 0:
+        kept = torch.nn.functional.avg_pool2d(1 - alpha, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+        alpha = alpha * (1 - kept)  # 0 outside the mask, rising to 1 a feather's width inside it
+    return alpha * x + (1 - alpha) * original.to(x.dtype)
 
 
 def image_grid(images: "list[Image.Image] | torch.Tensor", columns: int = 0) -> Image.Image:
@@ -89,9 +102,37 @@ def png_bytes(image: Image.Image, metadata: Mapping[str, Any]) -> bytes:
     return out.getvalue()
 
 
+def jpeg_bytes(image: Image.Image, metadata: Mapping[str, Any], quality: int = 95) -> bytes:
+    """A JPEG file's bytes carrying `metadata` as one JSON comment (COM segment)."""
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=quality, comment=json.dumps(dict(metadata)).encode())
+    return out.getvalue()
+
+
+IMAGE_SUFFIXES = {".png": png_bytes, ".jpg": jpeg_bytes, ".jpeg": jpeg_bytes}
+
+
 def save_png(image: Image.Image, path: str | Path, metadata: Mapping[str, Any]) -> Path:
-    """Write a PNG carrying `metadata` as text chunks (one per key; non-strings as JSON)."""
+    """Write an image carrying `metadata` (PNG text chunks; a JPEG's comment for .jpg / .jpeg) atomically:
+    a temporary file beside it, then a rename, so a reader never sees half an image."""
     path = Path(path)
+    encode = IMAGE_SUFFIXES.get(path.suffix.lower(), png_bytes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(image, metadata))
+    write_atomic(path, encode(image, metadata))
     return path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file in path's folder, then rename it to path (atomic on POSIX)."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # as a plain write would leave it (mkstemp makes it 0600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from t2i.io.images import labelled_images, png_bytes
+from t2i.io.images import png_bytes
 from t2i.serve import params
 from t2i.serve.jobs import Job, JobCancelled, JobQueue, QueueFull
 from t2i.serve.params import ApiError, Limits
@@ -133,14 +133,11 @@ class Service:
 
 
 def run_system(system: Any, request: GenerationRequest, progress: Callable[[int], None]) -> list[Image.Image]:
-    """`system.generate(request)` with a per-step progress callback: SystemBase.sample takes one, then the
-    images are labelled as generate labels them. A system of another kind runs through generate."""
+    """`system.generate(request)` with a per-step progress callback (SystemBase.images takes one). A system
+    of another kind runs through generate."""
     if not isinstance(system, SystemBase):
         return system.generate(request)
-    x = system.sample(request, progress=progress)
-    meta = request.metadata(system.name, *system.settings(request))
-    meta.update(system.extra_metadata(request))
-    return labelled_images(x, list(request.prompts), request.num_images, meta)
+    return list(system.images(request, progress))
 
 
 def _total_steps(system: Any, request: GenerationRequest) -> int:

@@ -96,8 +96,9 @@ class Cascade(SystemBase):
     def total_steps(self, r: GenerationRequest) -> int:
         return len(self.config.stages) * self.settings(r)[1]
 
-    def run(self, r: GenerationRequest, progress: Callable[[int], None] | None) -> torch.Tensor:
-        (asked, scale), generator = self.sampling(r), torch.Generator().manual_seed(r.seed)
+    def run(self, r: GenerationRequest, progress: Callable[[int], None] | None,
+            generator: torch.Generator) -> torch.Tensor:
+        asked, scale = self.sampling(r)
         cond, uncond = text_conditions(self.config.text, self.text_encoder, r, scale != 1)
         x = None
         for stage, net, schedule in zip(self.config.stages, self.nets, self.schedules):

@@ -111,14 +111,15 @@ class GLIDE(SystemBase):
     def extra_metadata(self, r: GenerationRequest) -> dict[str, str]:
         return {"guidance_type": r.guidance_type, **({"guide": r.guide.name} if isinstance(r.guide, Guide) else {})}
 
-    def run(self, r: GenerationRequest, progress: Callable[[int], None] | None) -> torch.Tensor:
+    def run(self, r: GenerationRequest, progress: Callable[[int], None] | None,
+            generator: torch.Generator) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1]; width / height are the final size. The request's steps, sampler,
         guidance and guide apply to the base stage; later stages sample with their own settings, each fed
         the previous stage's image. With a mask, the kept region is blended in at every stage."""
         cfg, (settings, scale) = self.config, self.sampling(r)
         width, height = r.size(cfg.stages[-1].sample_size)
         self.check_size(width, height, cfg.factor * 2 ** (len(cfg.base.unet.block_channels) - 1))
-        generator, size = torch.Generator().manual_seed(r.seed), (height // cfg.factor, width // cfg.factor)
+        size = (height // cfg.factor, width // cfg.factor)
         plan = StagePlan(settings, scale, guide_log_prob(r.guide, r.batch, size), size,
                          r.strength if r.image is not None else 1.0, r.image is not None)
         x = self.base.sample(r, plan, generator, progress)

@@ -105,13 +105,14 @@ class LDM(SystemBase):
         """Scaled latents -> pixels (B, 3, H, W) in [0, 1]."""
         return (self.autoencoder.decode(self.autoencoder.unscale(latents)) / 2 + 0.5).clamp(0, 1)
 
-    def run(self, r: GenerationRequest, progress: Callable[[int], None] | None) -> torch.Tensor:
+    def run(self, r: GenerationRequest, progress: Callable[[int], None] | None,
+            generator: torch.Generator) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1]: text-to-image, img2img (`image`, `strength`) or inpainting
         (`image` + `mask`, white = repaint), noise drawn in the order diffusers' pipelines draw it."""
         cfg, (settings, guidance) = self.config, self.sampling(r)
         width, height = r.size(cfg.sample_size)
         self.check_size(width, height, cfg.size_multiple)
-        device, dtype, generator = self.device, next(self.unet.parameters()).dtype, torch.Generator().manual_seed(r.seed)
+        device, dtype = self.device, next(self.unet.parameters()).dtype
         cond, uncond = text_conditions(cfg.text, self.text_encoder, r, guidance > 1)
         shape = (len(r.batch), cfg.autoencoder.latent_channels, height // cfg.autoencoder.downscale,
                  width // cfg.autoencoder.downscale)

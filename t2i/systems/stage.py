@@ -19,6 +19,7 @@ from t2i.diffusion.samplers import randn
 from t2i.diffusion.sampling import img2img_sigmas, initial_sample, mask_blend, run_sampler, to_vp
 from t2i.diffusion.schedules import DiscreteSchedule
 from t2i.encoders.registry import TextConfig, encode_prompts
+from t2i.encoders.registry import prompt_warnings as encoder_warnings
 from t2i.systems.request import GenerationRequest
 
 
@@ -65,6 +66,21 @@ def text_conditions(text: TextConfig, encoder: nn.Module, r: GenerationRequest,
     """The network inputs of the request's prompts, and of its negative prompt when `negative`."""
     cond = encode_prompts(text, encoder, r.batch)
     return cond, encode_prompts(text, encoder, [r.negative_prompt] * len(r.batch)) if negative else None
+
+
+class PromptWarning(UserWarning):
+    """A prompt is cut by the text encoder's context or has words its tokenizer does not know."""
+
+
+def prompt_warnings(system: nn.Module, r: GenerationRequest) -> list[str]:
+    """One line per problem of the request's prompts (and negative prompt) with any of the system's text
+    encoders (each module with a `prompt_fit`), without repeats."""
+    texts = [("prompt", p) for p in r.prompts] + ([("negative prompt", r.negative_prompt)] if r.negative_prompt else [])
+    found = []
+    for module in system.modules():
+        if hasattr(module, "prompt_fit"):
+            found += [w for what, text in texts for w in encoder_warnings(module, text, what)]
+    return list(dict.fromkeys(found))
 
 
 def default_threshold(settings: SamplingConfig, asked: str | None) -> str:

@@ -1,42 +1,22 @@
-"""The `System` protocol and the base every system builds on: `generate(request)` (keywords build a
-request), what it supports, a registry of systems by name, and the images it returns."""
+"""The base every system builds on: `generate(request)` (keywords build a request), what it supports,
+chunked sampling, and the images it returns (the `System` protocol and registry: t2i.systems.registry)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Protocol
+import warnings
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image
 from torch import nn
 
 from t2i.diffusion.config import SamplingConfig
-from t2i.io.images import StepBar, labelled_images
+from t2i.io.images import StepBar, tensor_to_images
 from t2i.nn.precision import resolve_bf16
 from t2i.systems.request import CAPABILITIES, GenerationRequest
-
-
-class System(Protocol):
-    name: str
-    capabilities: frozenset[str]
-
-    def supports(self, capability: str) -> bool: ...
-
-    def generate(self, prompt: "str | list[str] | GenerationRequest", **options: Any) -> list[Image.Image]: ...
-
-
-REGISTRY: dict[str, type] = {}  # system.json's "system" -> the class that loads that folder
-
-
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator: `@register("ldm")` names a system; `t2i.load`, the CLI and the contract test find it."""
-
-    def add(cls: type) -> type:
-        cls.kind = name
-        REGISTRY[name] = cls
-        return cls
-
-    return add
+from t2i.systems.registry import REGISTRY, System, register  # noqa: F401  (re-exported)
+from t2i.systems.stage import PromptWarning, prompt_warnings
 
 
 class SystemBase(nn.Module):
@@ -80,24 +60,53 @@ class SystemBase(nn.Module):
 
     @torch.no_grad()
     def sample(self, prompt: "str | list[str] | GenerationRequest", **options: Any) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1], B = prompts x num_images, all noise from one CPU generator."""
+        """Images (B, 3, H, W) in [0, 1], B = prompts x num_images, all noise from one CPU generator, as the
+        model makes them (what diffusers' pipelines return: inpainting's kept pixels are the decoder's)."""
         progress = options.pop("progress", None)
         request = self.check(GenerationRequest.of(prompt, **options))
-        with self.autocast(request):
-            return self.run(request, progress)
+        return torch.cat(list(self.chunks(request, progress, keep=False)))
 
     def generate(self, prompt: "str | list[str] | GenerationRequest", **options: Any) -> list[Image.Image]:
         """PIL images; each carries its generation parameters in `.info` (written by `save_png`)."""
-        request = self.check(GenerationRequest.of(prompt, **options))
-        bar = StepBar(self.total_steps(request))
-        try:
-            with self.autocast(request):
-                x = self.run(request, bar if request.progress else None)
-        finally:
-            bar.close()
+        return list(self.images(GenerationRequest.of(prompt, **options)))
+
+    def images(self, request: GenerationRequest, progress: Callable[[int], None] | None = None) -> Iterator[Image.Image]:
+        """`generate`'s images one at a time, each as soon as its chunk is made (`t2i generate` writes them
+        so: memory stays flat however many are asked); `progress` is called after every sampler step (default:
+        a progress bar when the request asks for one). Inpainting keeps the pixels outside the mask exactly."""
+        request = self.check(request)
         meta = request.metadata(self.name, *self.settings(request))
         meta.update(self.extra_metadata(request))
-        return labelled_images(x, list(request.prompts), request.num_images, meta)
+        batch, bar = request.batch, StepBar(self.total_steps(request) * len(request.chunks()))
+        try:
+            i = 0
+            for x in self.chunks(request, progress or (bar if request.progress else None)):
+                for im in tensor_to_images(x):
+                    im.info.update(meta, prompt=batch[i], batch_index=str(i))
+                    i += 1
+                    yield im
+        finally:
+            bar.close()
+
+    @torch.no_grad()
+    def chunks(self, request: GenerationRequest, progress: Callable[[int], None] | None,
+               keep: bool = True) -> Iterator[torch.Tensor]:
+        """The request's images (b, 3, H, W) in [0, 1], batch_size at a time, all noise from one CPU generator
+        that each chunk goes on drawing from: with a deterministic sampler (ddim, euler, heun, dpmpp_2m) a
+        txt2img chunk's images are those of one big batch; ancestral samplers and img2img / inpainting draw
+        per chunk, so there the images of n > batch_size differ from one big batch (same seed, same images).
+        With `keep`, inpainting keeps the pixels outside the mask exactly (`keep_unmasked`). Non-finite results
+        raise."""
+        for text in prompt_warnings(self, request):
+            warnings.warn(text, PromptWarning, stacklevel=3)
+        generator = torch.Generator().manual_seed(request.seed)
+        for part in request.chunks():
+            with self.autocast(part):
+                x = self.run(part, progress, generator)
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("sampling produced non-finite values (NaN or inf): lower the guidance scale, or use "
+                                 "another sampler or more steps")
+            yield part.keep_unmasked(x) if keep else x
 
     def autocast(self, request: GenerationRequest) -> torch.autocast:
         """bf16 autocast of the networks as the request's precision says (samplers stay in float32)."""
@@ -108,7 +117,9 @@ class SystemBase(nn.Module):
     def extra_metadata(self, request: GenerationRequest) -> dict[str, str]:
         return {}
 
-    def run(self, request: GenerationRequest, progress: Callable[[int], None] | None) -> torch.Tensor:
+    def run(self, request: GenerationRequest, progress: Callable[[int], None] | None,
+            generator: torch.Generator) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] of one chunk of a request, noise drawn from `generator`."""
         raise NotImplementedError
 
     def total_steps(self, r: GenerationRequest) -> int:
