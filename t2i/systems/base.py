@@ -34,7 +34,9 @@ def read_system_json(folder: Path, system: str, fmt: int) -> dict[str, Any]:
         meta = json.loads((folder / "system.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{folder / 'system.json'} is not valid JSON ({e.__class__.__name__}: {e})") from None
-    if not isinstance(meta, dict) or meta.get("system") != system or meta.get("format") != fmt:
+    if not isinstance(meta, dict):
+        raise ValueError(f"{folder / 'system.json'} is not a JSON object (got a {type(meta).__name__})")
+    if meta.get("system") != system or meta.get("format") != fmt:
         raise ValueError(f"{folder}: not a t2i {system} folder of format {fmt} (system.json says "
                          f"{meta.get('system')!r}, format {meta.get('format')!r})")
     return meta
