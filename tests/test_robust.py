@@ -189,8 +189,8 @@ def test_python_generate_checks_before_work(system):
 
 def test_check_device():
     check_device("cpu")
-    for bad in ("cuda:99" if torch.cuda.is_available() else "cuda", "nope", "mps" if not torch.backends.mps.is_available()
-                else "nope2"):
+    absent = "cuda:99" if torch.cuda.is_available() else "cuda"
+    for bad in (absent, "nope", "mps" if not torch.backends.mps.is_available() else "nope2"):
         with pytest.raises(ValueError):
             check_device(bad)
 
@@ -298,4 +298,12 @@ def test_prompt_warnings(system, model, tmp_path, capsys):
     assert main(["generate", "a red zebra", "--model", model, "--out", str(tmp_path / "z.png"), "--steps", "1",
                  "--no-progress"]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line]
-    assert err == ["t2i generate: warning: the prompt has words the tokenizer does not know (read as unknown): 'zebra'"]
+    assert err == ["t2i generate: warning: the prompt has words the tokenizer does not know (read as unknown): "
+                   "'zebra'"]
+
+
+def test_an_init_image_larger_than_max_pixels_needs_a_size():
+    image = Image.new("RGB", (64, 64))
+    with pytest.raises(ValueError, match="the output would be 64x64 px"):
+        GenerationRequest("x", image=image, limits=RequestLimits(max_pixels=1000))
+    GenerationRequest("x", image=image, width=16, height=16, limits=RequestLimits(max_pixels=1000))

@@ -22,7 +22,8 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(Healt
 weird = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
                   st.text(max_size=8), st.binary(max_size=4), st.lists(st.integers(0, 3), max_size=2))
 small_ints = st.integers(-2, 40)
-texts = st.one_of(st.text(max_size=40), st.sampled_from(["a red circle", "\udcff", "a\x00b", "日本 の 赤い 円", ""]))
+texts = st.one_of(st.text(max_size=40),
+                  st.sampled_from(["a red circle", "\udcff", "a\x00b", "日本 の 赤い 円", ""]))
 
 
 def _image(size):

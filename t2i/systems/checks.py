@@ -70,7 +70,7 @@ def _raise_with(flag: str) -> str:
 
 def _finite(name: str, v: Any) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
+        raise ValueError(f"{name} must be a finite number, got {_short(v)}")
 
 
 def check_request(r: Any) -> None:
@@ -106,7 +106,7 @@ def check_request(r: Any) -> None:
         if abs(r.guidance) > lim.max_guidance:
             raise ValueError(f"guidance must be within +-{lim.max_guidance:g}, got {r.guidance:g}")
     if not isinstance(r.guidance_type, str) or r.guidance_type not in GUIDANCE_TYPES:
-        raise ValueError(f"unknown guidance type {r.guidance_type!r}; choose from {', '.join(GUIDANCE_TYPES)}")
+        raise ValueError(f"unknown guidance type {_short(r.guidance_type)}; choose from {', '.join(GUIDANCE_TYPES)}")
     if r.guidance_type == "cfg" and r.guide is not None:
         raise ValueError("guidance_type 'cfg' (classifier-free) takes no guide; give guidance_type "
                          "'clip' or 'classifier' with it")
@@ -141,6 +141,11 @@ def _check_images(r: Any) -> None:
                              f"{r.limits.max_input_pixels} pixels allowed" + _raise_with("--max-input-pixels"))
         if im is not None and min(im.size) < 1:
             raise ValueError(f"the {name} is empty ({im.size[0]}x{im.size[1]} px)")
+    if r.image is not None:  # the output takes the init image's size unless width / height say otherwise
+        w, h = r.width or r.image.size[0], r.height or r.image.size[1]
+        if w * h > r.limits.max_pixels:
+            raise ValueError(f"the output would be {w}x{h} px (the init image's size), more than the "
+                             f"{r.limits.max_pixels} pixels allowed (give --width / --height, or raise --max-pixels)")
     if r.mask is not None and r.image is None:
         raise ValueError("inpainting needs an init image as well as a mask")
     if r.mask is not None and r.mask.size != r.image.size:

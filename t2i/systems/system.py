@@ -70,7 +70,8 @@ class SystemBase(nn.Module):
         """PIL images; each carries its generation parameters in `.info` (written by `save_png`)."""
         return list(self.images(GenerationRequest.of(prompt, **options)))
 
-    def images(self, request: GenerationRequest, progress: Callable[[int], None] | None = None) -> Iterator[Image.Image]:
+    def images(self, request: GenerationRequest,
+               progress: Callable[[int], None] | None = None) -> Iterator[Image.Image]:
         """`generate`'s images one at a time, each as soon as its chunk is made (`t2i generate` writes them
         so: memory stays flat however many are asked); `progress` is called after every sampler step (default:
         a progress bar when the request asks for one). Inpainting keeps the pixels outside the mask exactly."""
