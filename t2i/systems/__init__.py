@@ -5,6 +5,7 @@ find it in `SYSTEMS`."""
 from t2i.diffusion.config import SamplingConfig, ScheduleConfig
 from t2i.systems.base import TextConfig
 from t2i.systems.cascade import Cascade, CascadeConfig, StageConfig
+from t2i.systems.controlnet import ControlNetSystem, ControlNetSystemConfig
 from t2i.systems.glide import GLIDE, GLIDEConfig, GLIDEStageConfig
 from t2i.systems.ldm import LDM, LDMConfig
 from t2i.systems.request import CAPABILITIES, GenerationRequest
@@ -12,6 +13,6 @@ from t2i.systems.system import REGISTRY, System, SystemBase, register
 
 SYSTEMS = REGISTRY  # system.json's "system" -> the class that loads that folder
 
-__all__ = ["CAPABILITIES", "Cascade", "CascadeConfig", "StageConfig", "GLIDE", "GLIDEConfig", "GLIDEStageConfig", "GenerationRequest", "LDM", "LDMConfig",
+__all__ = ["CAPABILITIES", "Cascade", "CascadeConfig", "StageConfig", "ControlNetSystem", "ControlNetSystemConfig", "GLIDE", "GLIDEConfig", "GLIDEStageConfig", "GenerationRequest", "LDM", "LDMConfig",
            "REGISTRY", "SYSTEMS", "SamplingConfig", "ScheduleConfig", "System", "SystemBase", "TextConfig",
            "register"]

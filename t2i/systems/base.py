@@ -54,6 +54,13 @@ def read_system(folder: Path, system: str, fmt: int, config_cls: type) -> tuple[
     return config, str(meta.get("name", system))
 
 
+def system_folder(name_or_path: Any) -> Path | None:
+    """The t2i system folder (system.json) a path or a shipped system's name points to, else None."""
+    from t2i.io.weights import system_folder as find
+
+    return find(name_or_path)
+
+
 def save_module(module: nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:
     """A module's state as one safetensors file (shards + index above 16 MiB); floating tensors cast to `dtype`
     when given."""

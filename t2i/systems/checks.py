@@ -16,6 +16,7 @@ from t2i.diffusion.samplers import SAMPLERS
 GUIDANCE_TYPES = ("cfg", "clip", "classifier")
 PRECISIONS = ("fp32", "bf16", "auto")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
+CONTROL_TYPES = ("edges", "segmentation", "scribble", "depth", "layout")  # = t2i.data.control.CONTROL_KINDS
 
 
 def _int(name: str, v: Any, low: int, high: int | None = None, raise_with: str = "") -> None:
@@ -86,7 +87,8 @@ def check_request(r: Any) -> None:
         _text("prompt", r.prompts)  # raises: None, bytes, a number ...
     for p in r.prompts:
         _text("prompt", p)
-    if not r.prompts or any(not p.strip() for p in r.prompts):
+    _check_controls(r)  # first: a control allows an empty prompt (ControlNet's guess mode)
+    if not r.prompts or (r.control is None and any(not p.strip() for p in r.prompts)):
         raise ValueError("the prompt is empty: give the text to draw")
     _text("negative prompt", r.negative_prompt)
     if isinstance(r.num_images, int) and not isinstance(r.num_images, bool) and r.num_images < 1:
@@ -131,9 +133,39 @@ def check_request(r: Any) -> None:
     _check_images(r)
 
 
+def _as_tuple(v: Any, n: int | None = None) -> tuple:
+    """One value or a list of them as a tuple (one value repeated n times when n is given)."""
+    if isinstance(v, (list, tuple)):
+        return tuple(v)
+    return (v,) * (n or 1)
+
+
+def _check_controls(r: Any) -> None:
+    """control, control_type and control_scale as tuples of one entry per control image, checked."""
+    if r.control is None:
+        if r.control_type is not None:
+            raise ValueError("control_type needs a control image (--control)")
+        return
+    images = _as_tuple(r.control)
+    if not images:
+        raise ValueError("control is an empty list: give at least one control image")
+    types, scales = _as_tuple(r.control_type, len(images)), _as_tuple(r.control_scale, len(images))
+    for what, values in (("control_type", types), ("control_scale", scales)):
+        if len(values) != len(images):
+            raise ValueError(f"{what} has {len(values)} entries for {len(images)} control images")
+    for t in types:
+        if t is not None and (not isinstance(t, str) or t not in CONTROL_TYPES):
+            raise ValueError(f"unknown control_type {_short(t)}; choose from {', '.join(CONTROL_TYPES)}")
+    for s in scales:
+        _finite("control_scale", s)
+    object.__setattr__(r, "control", images)
+    object.__setattr__(r, "control_type", types)
+    object.__setattr__(r, "control_scale", tuple(float(s) for s in scales))
+
+
 def _check_images(r: Any) -> None:
-    for name in ("image", "mask", "control"):
-        im = getattr(r, name)
+    named = [("image", r.image), ("mask", r.mask)] + [("control", c) for c in (r.control or ())]
+    for name, im in named:
         if im is not None and not isinstance(im, Image.Image):
             raise ValueError(f"{name} must be a PIL image, got {type(im).__name__}")
         if im is not None and im.size[0] * im.size[1] > r.limits.max_input_pixels:

@@ -105,15 +105,16 @@ class LDM(SystemBase):
         """Scaled latents -> pixels (B, 3, H, W) in [0, 1]."""
         return (self.autoencoder.decode(self.autoencoder.unscale(latents)) / 2 + 0.5).clamp(0, 1)
 
-    def run(self, r: GenerationRequest, progress: Callable[[int], None] | None,
-            generator: torch.Generator) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1]: text-to-image, img2img (`image`, `strength`) or inpainting
-        (`image` + `mask`, white = repaint), noise drawn in the order diffusers' pipelines draw it."""
+    def run(self, r: GenerationRequest, progress: Callable[[int], None] | None, generator: torch.Generator,
+            network: Callable | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] (txt2img, img2img, inpainting: white = repaint), noise drawn as diffusers'
+        pipelines draw it; `network(unet, cond, uncond, (W, H)) -> (net, cond, uncond)` wraps the UNet (ControlNet)."""
         cfg, (settings, guidance) = self.config, self.sampling(r)
         width, height = r.size(cfg.sample_size)
         self.check_size(width, height, cfg.size_multiple)
         device, dtype = self.device, next(self.unet.parameters()).dtype
         cond, uncond = text_conditions(cfg.text, self.text_encoder, r, guidance > 1)
+        net, cond, uncond = network(self.unet, cond, uncond, (width, height)) if network else (self.unet, cond, uncond)
         shape = (len(r.batch), cfg.autoencoder.latent_channels, height // cfg.autoencoder.downscale,
                  width // cfg.autoencoder.downscale)
         pixels, keep = (None if t is None else t.to(device, dtype) for t in (r.pixels((width, height)),
@@ -125,7 +126,7 @@ class LDM(SystemBase):
         small = None if keep is None else F.interpolate(keep, size=shape[2:])  # (1, 1, h, w) the mask on latents
         # an inpainting model takes the mask and the masked image's latents as extra channels; others blend
         concat = [small, self.encode_image(pixels * (keep < 0.5), generator)] if cfg.inpainting else []
-        denoiser = stage_denoiser(self.unet, self.schedule, cfg.prediction,
+        denoiser = stage_denoiser(net, self.schedule, cfg.prediction,
                                   Guidance(guidance, uncond, threshold=default_threshold(settings, r.threshold)), concat)
         run = StageRun(shape, settings, cond, r.strength if r.image is not None else 1.0,
                        init=None if latents is None or (keep is not None and r.strength == 1) else latents,
@@ -142,8 +143,7 @@ class LDM(SystemBase):
 
     @classmethod
     def load(cls, folder: str | Path, name: str | None = None) -> "LDM":
-        folder = Path(folder)
-        config, saved_name = read_system(folder, "ldm", FORMAT, LDMConfig)
+        config, saved_name = read_system(folder := Path(folder), "ldm", FORMAT, LDMConfig)
         system = cls(config, UNet(config.unet), AutoencoderKL(config.autoencoder),
                      load_text_encoder(config.text, folder), name or saved_name)
         load_parts(folder, {"unet": system.unet, "autoencoder": system.autoencoder})

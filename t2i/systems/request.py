@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from t2i.io.images import image_to_tensor, keep_outside, mask_to_tensor
-from t2i.systems.checks import GUIDANCE_TYPES, MAX_SEED, PRECISIONS, RequestLimits, check_request  # noqa: F401
+from t2i.systems.checks import (CONTROL_TYPES, GUIDANCE_TYPES, MAX_SEED, PRECISIONS, RequestLimits,  # noqa: F401
+                                check_request)
 
 CAPABILITIES = ("txt2img", "img2img", "inpaint", "vary", "control", "caption")
 
@@ -36,7 +37,9 @@ class GenerationRequest:
     image: Image.Image | None = None  # img2img / inpainting init image
     mask: Image.Image | None = None  # inpainting: white = repaint
     strength: float = 1.0  # img2img: how much of the image is redrawn, (0, 1]
-    control: Image.Image | None = None  # a control image (edges, depth, ...)
+    control: Any = None  # a control image (edges, depth, ...) or a list of them: several controls at once
+    control_type: Any = None  # each control's kind (CONTROL_TYPES), one per image; None: the system's only kind
+    control_scale: Any = 1.0  # each control's strength: one number for all, or one per image
     precision: str = "fp32"  # fp32 | bf16 | auto: the networks under bf16 autocast (auto: where bf16 is native)
     progress: bool = False  # show a progress bar
     feather: float = 0.0  # inpainting: px over which the repainted region fades into the kept one (inside the mask)
@@ -61,6 +64,11 @@ class GenerationRequest:
         if self.control is not None:
             return "control"
         return "img2img" if self.image is not None else "txt2img"
+
+    @property
+    def controls(self) -> tuple[tuple[Image.Image, str | None, float], ...]:
+        """(image, control type, scale) of each control; () without one."""
+        return tuple(zip(self.control, self.control_type, self.control_scale)) if self.control is not None else ()
 
     @property
     def batch(self) -> list[str]:
@@ -105,4 +113,7 @@ class GenerationRequest:
             meta["precision"] = self.precision
         if self.image is not None:
             meta.update(mode="inpaint" if self.mask is not None else "img2img", strength=str(self.strength))
+        if self.control is not None:
+            meta.update(control_type=",".join(str(t) for t in self.control_type),
+                        control_scale=",".join(f"{s:g}" for s in self.control_scale))
         return meta
