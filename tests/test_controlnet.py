@@ -1,0 +1,148 @@
+"""ControlNet: the zero-convolution identity (a fresh ControlNet gives the base LDM's images exactly), a frozen
+base through training, several controls summed with their scales, guess mode, the request's control checks,
+the annotators on ShapesWorld renders, and the training stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2i.data.annotate import _dilate, annotate, segmentation_truth
+from t2i.nn.controlnet import ControlledUNet, ControlNet
+from t2i.nn.unet import ControlResiduals, UNet, UNetConfig
+from t2i.systems import LDM, ControlNetSystem, GenerationRequest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _noisy(module, std=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+def _control(size=16):
+    im = Image.new("RGB", (size, size))
+    im.paste((255, 255, 255), (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    return im
+
+
+def test_a_fresh_controlnet_gives_the_base_ldm_images_exactly():
+    base = _noisy(LDM.tiny(0)).eval()
+    system = ControlNetSystem.over(base, ("edges",), 8).eval()
+    want = base.sample("a red circle", seed=3)
+    got = system.sample("a red circle", seed=3, control=_control())
+    assert torch.equal(want, got)
+    _noisy(system.controlnets)
+    assert not torch.equal(want, system.sample("a red circle", seed=3, control=_control()))
+    assert torch.equal(want, system.sample("a red circle", seed=3))  # no control: the base
+
+
+def test_controlnet_copies_the_encoder_and_starts_at_zero_residuals():
+    unet = _noisy(UNet(UNetConfig(block_channels=(16, 32), num_res_blocks=1, attention_levels=(1,), num_heads=2,
+                                  context_dim=12, norm_groups=8)))
+    net = ControlNet.from_unet(unet, (8, 8))
+    assert all(torch.equal(a, b) for a, b in zip(net.encoder.state_dict().values(), unet.encoder_state_dict().values()))
+    x, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 3, 12)
+    r = net(x, torch.tensor([10.0, 500.0]), torch.rand(2, 3, 16, 16), context=ctx)
+    assert len(r.skips) == len(unet.skip_channels) and all(not s.any() for s in r.skips) and not r.mid.any()
+    with pytest.raises(ValueError, match="control image must be"):
+        net(x, 1.0, torch.rand(2, 3, 8, 8), context=ctx)
+
+
+def test_several_controls_sum_with_their_scales():
+    unet = _noisy(UNet(UNetConfig(block_channels=(16, 32), num_res_blocks=1, attention_levels=(1,), num_heads=2,
+                                  context_dim=12, norm_groups=8)))
+    a, b = (_noisy(ControlNet.from_unet(unet, (8, 8)), 0.1, s) for s in (1, 2))
+    x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([3.0, 700.0]), torch.randn(2, 3, 12)
+    hints = torch.rand(2, 2, 3, 16, 16)
+    with torch.no_grad():
+        both = ControlledUNet(unet, [a, b], [0.7, -1.5])(x, t, hints=hints, context=ctx)
+        ra, rb = a(x, t, hints[:, 0], context=ctx), b(x, t, hints[:, 1], context=ctx)
+        want = unet(x, t, context=ctx, control=ra.scaled(0.7) + rb.scaled(-1.5))
+        half = ControlledUNet(unet, [a, b], [0.7, -1.5])(x, t, hints=hints, context=ctx,
+                                                          control_weight=torch.tensor([0.0, 1.0]))
+    assert torch.allclose(both, want, atol=1e-5)
+    assert torch.allclose(half[0], unet(x, t, context=ctx)[0], atol=1e-6)  # weight 0: the base
+    assert torch.allclose(half[1], both[1], atol=1e-6)
+    assert isinstance(ra + rb, ControlResiduals)
+
+
+def test_system_controls_guess_mode_and_bad_input():
+    torch.manual_seed(0)
+    system = _noisy(ControlNetSystem.tiny()).eval()
+    one = system.sample("a red circle", seed=1, control=_control(), control_type="edges")
+    two = system.sample("a red circle", seed=1, control=[_control(), _control()], control_type=["edges", "scribble"],
+                        control_scale=[1.0, 0.0])
+    assert torch.allclose(one, two, atol=1e-5)  # a control at scale 0 adds nothing
+    guess = system.sample("", seed=1, control=_control(), control_type="edges")
+    assert guess.shape == (1, 3, 16, 16) and torch.isfinite(guess).all()
+    with pytest.warns(UserWarning, match="resized to the output's 16x16"):
+        system.sample("a red circle", seed=1, control=_control(24), control_type="edges")
+    with pytest.raises(ValueError, match="give a control_type"):
+        system.sample("a red circle", control=_control())
+    with pytest.raises(ValueError, match="no ControlNet for 'segmentation'"):
+        system.sample("a red circle", control=_control(), control_type="segmentation")
+    for bad, match in ((dict(control_type="sketchy"), "unknown control_type"),
+                       (dict(control_scale=float("nan")), "control_scale must be a finite number"),
+                       (dict(control=b"png"), "control must be a PIL image"),
+                       (dict(control_type=["edges", "edges"]), "control_type has 2 entries for 1")):
+        with pytest.raises(ValueError, match=match):
+            GenerationRequest(("a red circle",), **{"control": _control(), **bad})
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        GenerationRequest(("",))
+    with pytest.raises(ValueError, match="does not support control"):
+        LDM.tiny().generate("a red circle", control=_control())
+    meta = system.generate("a red circle", control=_control(), control_type="edges", control_scale=0.5)[0].info
+    assert meta["control_type"] == "edges" and meta["control_scale"] == "0.5"
+
+
+def test_load_controlnet_without_shipped_weights_is_one_line():
+    import t2i
+
+    with pytest.raises(ValueError, match="no shipped weights are installed yet for the 'controlnet' system"):
+        t2i.load("controlnet")
+
+
+def test_annotators_match_shapesworld_ground_truth():
+    from t2i.data.control import control_map
+    from t2i.data.render import render
+    from t2i.data.shapes import ShapesWorld
+
+    ds = ShapesWorld(size=64, seed=11)
+    for i in range(12):
+        scene = ds.scene(i)
+        image = render(scene, 64)
+        seg = np.asarray(annotate(image, "segmentation"))
+        assert (seg == np.asarray(segmentation_truth(scene, 64))).all(-1).mean() > 0.98
+        e, g = np.asarray(annotate(image, "edges")) > 0, np.asarray(control_map(scene, "edges", 64)) > 0
+        assert (e & _dilate(g, 1)).sum() >= 0.97 * e.sum() and (g & _dilate(e, 1)).sum() >= 0.97 * g.sum()
+        s = np.asarray(annotate(image, "scribble", seed=i)) > 0
+        assert s.sum() > 1.5 * e.sum() and (s & _dilate(e, 3)).sum() > 0.9 * s.sum()
+    assert annotate(image, "edges").mode == "L" and annotate(image, "segmentation").mode == "RGB"
+    with pytest.raises(ValueError, match="unknown annotator"):
+        annotate(image, "depthish")
+
+
+def test_training_stage_keeps_the_base_bit_identical(tmp_path):
+    from t2i.train import Trainer, load_recipe, read_checkpoint
+
+    base = _noisy(LDM.tiny(0))
+    base.save(tmp_path / "base")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    recipe = load_recipe("tiny_controlnet", [f"controlnet.base='{tmp_path / 'base'}'"])
+    trainer = Trainer(recipe, tmp_path / "run", progress=False, log=lambda m: None)
+    result = trainer.run()
+    stage = trainer.stage
+    assert all(p.grad is None and not p.requires_grad for p in stage.base.parameters())
+    after = LDM.load(tmp_path / "base").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(before[k], v) for k, v in stage.base.state_dict().items())  # the one trained over
+    saved = read_checkpoint(result.checkpoint).model
+    assert {k.split(".")[0] for k in saved} == {"controlnet"}
+    zero = [k for k in saved if k.startswith("controlnet.zero_convs.")]
+    assert zero and any(saved[k].abs().sum() > 0 for k in zero)  # the zero convs moved
