@@ -65,6 +65,50 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", metavar="FILE", help="write the result as JSON")
     s.set_defaults(func=_run_eval_inpaint)
+    _add_eval_control(benches)
+
+
+def _add_eval_control(benches: argparse._SubParsersAction) -> None:
+    s = benches.add_parser("control", help="ControlEval: objects placed as the control map says (ControlNet)")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--real", action="store_true", help="score the scenes' own renders (the ceiling, ~1.0)")
+    src.add_argument("--model", metavar="NAME|PATH", help="a ControlNet system (named or a path)")
+    s.add_argument("--kinds", default="edges,segmentation,scribble", help="control kinds, comma-separated")
+    s.add_argument("--n", type=int, default=32, help="held-out scenes per kind (default: 32)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    s.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    s.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    s.set_defaults(func=_run_eval_control)
+
+
+def _run_eval_control(args: argparse.Namespace) -> int:
+    import json
+
+    from t2i.eval.control import evaluate_control, format_report, truth_generator
+
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    if args.n < 1 or not kinds:
+        raise UsageError("--n must be at least 1 and --kinds name at least one kind")
+    try:
+        if args.real:
+            generate_fn = truth_generator()
+        else:
+            from t2i.api import load
+
+            system = load(args.model)
+            options = {"steps": args.steps, "guidance": args.guidance, "progress": False}
+
+            def generate_fn(caption, control, kind, seed):
+                extra = {} if control is None else {"control": control, "control_type": kind}
+                return system.generate(caption, seed=seed, **options, **extra)[0]
+        rows = evaluate_control(generate_fn, kinds, n=args.n)
+    except (ValueError, OSError) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    print(format_report(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps({"model": args.model or "real", "kinds": rows}, indent=2) + "\n")
+    return 0
 
 
 def _model_settings(args: argparse.Namespace):
@@ -198,7 +242,36 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, default=None, help="how much of the init image to redraw, (0, 1]")
     p.add_argument("--feather", type=float, default=0.0, metavar="PX",
                    help="with --mask: fade the repainted region in over PX pixels inside the mask's edge")
+    p.add_argument("--control", action="append", metavar="FILE", help="a control image (a ControlNet system, "
+                   "e.g. --system controlnet); repeat for several controls at once; an empty prompt is guess mode")
+    p.add_argument("--control-type", action="append", metavar="KIND",
+                   help="each --control's kind: edges, segmentation, scribble, ... (default: the system's only one)")
+    p.add_argument("--control-scale", action="append", type=float, metavar="S",
+                   help="each --control's strength (one for all, or one per --control; default: 1)")
     p.set_defaults(func=_run_generate)
+
+
+def _add_annotate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("annotate", help="an image's control map (edges, segmentation, scribble) for a ControlNet")
+    p.add_argument("kind", choices=("edges", "segmentation", "scribble"), metavar="KIND",
+                   help="edges (Canny), segmentation (a colour per shape class) or scribble")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--out", default="control.png", metavar="FILE", help="PNG path (default: control.png)")
+    p.add_argument("--seed", type=int, default=0, help="scribble: the wobble's seed")
+    p.set_defaults(func=_run_annotate)
+
+
+def _run_annotate(args: argparse.Namespace) -> int:
+    from t2i.api import open_image
+    from t2i.data.annotate import annotate
+
+    try:
+        image = open_image(args.image, "image")
+        annotate(image, args.kind, args.seed).save(args.out)
+    except (ValueError, OSError) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _add_img2img(sub: argparse._SubParsersAction) -> None:
@@ -225,7 +298,8 @@ def _add_inpaint(sub: argparse._SubParsersAction) -> None:
 FLAGS = {"steps": "--steps", "num_images": "-n", "seed": "--seed", "guidance": "--guidance", "width": "--width",
          "height": "--height", "strength": "--strength", "precision": "--precision", "feather": "--feather",
          "batch_size": "--batch-size", "max_pixels": "--max-pixels", "max_input_pixels": "--max-input-pixels",
-         "max_images": "--max-images"}
+         "max_images": "--max-images", "control_type": "--control-type", "control_scale": "--control-scale",
+         "control": "--control"}
 
 
 def _flagged(e: Exception) -> UsageError:
@@ -254,6 +328,7 @@ def _request(args: argparse.Namespace):
     try:
         image = open_image(args.image, "init image", limits.max_input_pixels) if args.image else None
         mask = open_image(args.mask, "mask", limits.max_input_pixels) if args.mask else None
+        controls = [open_image(c, "control image", limits.max_input_pixels) for c in getattr(args, "control", None) or []]
     except ValueError as e:
         raise UsageError(str(e)) from None
     strength = args.strength if args.strength is not None else (0.75 if args.mask is None else 1.0)
@@ -263,7 +338,9 @@ def _request(args: argparse.Namespace):
             steps=args.steps, sampler=args.sampler, guidance=args.guidance, guidance_type=args.guidance_type,
             width=args.width, height=args.height, image=image, mask=mask,
             strength=strength if image is not None else 1.0, precision=args.precision, progress=not args.no_progress,
-            feather=getattr(args, "feather", 0.0), batch_size=args.batch_size, limits=limits)
+            feather=getattr(args, "feather", 0.0), batch_size=args.batch_size, limits=limits,
+            control=controls or None, control_type=getattr(args, "control_type", None),
+            control_scale=getattr(args, "control_scale", None) or 1.0)
     except ValueError as e:
         raise _flagged(e) from None
 
@@ -365,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_generate(sub)
+    _add_annotate(sub)
     _add_img2img(sub)
     _add_inpaint(sub)
     _add_convert(sub)

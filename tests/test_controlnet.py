@@ -146,3 +146,28 @@ def test_training_stage_keeps_the_base_bit_identical(tmp_path):
     assert {k.split(".")[0] for k in saved} == {"controlnet"}
     zero = [k for k in saved if k.startswith("controlnet.zero_convs.")]
     assert zero and any(saved[k].abs().sum() > 0 for k in zero)  # the zero convs moved
+
+
+def test_cli_annotate_generate_with_control_and_eval_control(tmp_path, capsys):
+    from t2i.cli import main
+    from t2i.data.render import render
+    from t2i.data.shapes import ShapesWorld
+    from t2i.eval.control import evaluate_control, truth_generator
+
+    render(ShapesWorld(size=64, seed=3).scene(0), 64).save(tmp_path / "scene.png")
+    assert main(["annotate", "edges", str(tmp_path / "scene.png"), "--out", str(tmp_path / "e.png")]) == 0
+    assert Image.open(tmp_path / "e.png").size == (64, 64)
+    torch.manual_seed(0)
+    _noisy(ControlNetSystem.tiny()).save(tmp_path / "cn")
+    args = ["generate", "", "--model", str(tmp_path / "cn"), "--control", str(tmp_path / "e.png"),
+            "--control-type", "scribble", "--control-scale", "0.5", "--steps", "2", "--out", str(tmp_path / "g.png"),
+            "--no-progress"]
+    assert main(args) == 0  # guess mode; the 64 px map is resized to 16 px with a note
+    assert "resized" in capsys.readouterr().err
+    assert Image.open(tmp_path / "g.png").info["control_type"] == "scribble"
+    assert main([a if a != "scribble" else "depth" for a in args]) == 2
+    assert "no ControlNet for 'depth'" in capsys.readouterr().err
+    rows = evaluate_control(truth_generator(), ("edges", "segmentation"), n=6)
+    assert all(r["placed_images"] == 1.0 for r in rows.values())
+    assert main(["eval", "control", "--model", str(tmp_path / "cn"), "--kinds", "edges", "--n", "1", "--steps", "1"]) == 0
+    assert "base (no control)" in capsys.readouterr().out
