@@ -4,14 +4,12 @@ value and what is allowed (the CLI turns a field's name into its flag)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
 from t2i.diffusion.guidance import parse_threshold
 from t2i.diffusion.samplers import SAMPLERS
+from t2i.systems.image_checks import _finite, _short, check_controls, check_images
 
 GUIDANCE_TYPES = ("cfg", "clip", "classifier")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -26,12 +24,6 @@ def _int(name: str, v: Any, low: int, high: int | None = None, raise_with: str =
         raise ValueError(f"{name} must be at least {low}, got {v}")
     if high is not None and v > high:
         raise ValueError(f"{name} must be at most {high}, got {_short(v)}{raise_with}")
-
-
-def _short(v: Any) -> str:
-    """A value for a one-line message: its repr, cut to 60 characters."""
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _text(name: str, v: Any) -> None:
@@ -69,11 +61,6 @@ def _raise_with(flag: str) -> str:
     return f" (raise the limit with {flag})"
 
 
-def _finite(name: str, v: Any) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number, got {_short(v)}")
-
-
 def check_request(r: Any) -> None:
     """Check a GenerationRequest's fields (its prompts made a tuple); raise the first problem."""
     if not isinstance(r.limits, RequestLimits):
@@ -87,7 +74,7 @@ def check_request(r: Any) -> None:
         _text("prompt", r.prompts)  # raises: None, bytes, a number ...
     for p in r.prompts:
         _text("prompt", p)
-    _check_controls(r)  # first: a control allows an empty prompt (ControlNet's guess mode)
+    check_controls(r, CONTROL_TYPES)  # first: a control allows an empty prompt (ControlNet's guess mode)
     if not r.prompts or (r.control is None and any(not p.strip() for p in r.prompts)):
         raise ValueError("the prompt is empty: give the text to draw")
     _text("negative prompt", r.negative_prompt)
@@ -130,56 +117,4 @@ def check_request(r: Any) -> None:
     _finite("feather", r.feather)
     if not 0.0 <= r.feather <= 256:
         raise ValueError(f"feather must be in [0, 256] px, got {r.feather}")
-    _check_images(r)
-
-
-def _as_tuple(v: Any, n: int | None = None) -> tuple:
-    """One value or a list of them as a tuple (one value repeated n times when n is given)."""
-    if isinstance(v, (list, tuple)):
-        return tuple(v)
-    return (v,) * (n or 1)
-
-
-def _check_controls(r: Any) -> None:
-    """control, control_type and control_scale as tuples of one entry per control image, checked."""
-    if r.control is None:
-        if r.control_type is not None:
-            raise ValueError("control_type needs a control image (--control)")
-        return
-    images = _as_tuple(r.control)
-    if not images:
-        raise ValueError("control is an empty list: give at least one control image")
-    types, scales = _as_tuple(r.control_type, len(images)), _as_tuple(r.control_scale, len(images))
-    for what, values in (("control_type", types), ("control_scale", scales)):
-        if len(values) != len(images):
-            raise ValueError(f"{what} has {len(values)} entries for {len(images)} control images")
-    for t in types:
-        if t is not None and (not isinstance(t, str) or t not in CONTROL_TYPES):
-            raise ValueError(f"unknown control_type {_short(t)}; choose from {', '.join(CONTROL_TYPES)}")
-    for s in scales:
-        _finite("control_scale", s)
-    object.__setattr__(r, "control", images)
-    object.__setattr__(r, "control_type", types)
-    object.__setattr__(r, "control_scale", tuple(float(s) for s in scales))
-
-
-def _check_images(r: Any) -> None:
-    named = [("image", r.image), ("mask", r.mask)] + [("control", c) for c in (r.control or ())]
-    for name, im in named:
-        if im is not None and not isinstance(im, Image.Image):
-            raise ValueError(f"{name} must be a PIL image, got {type(im).__name__}")
-        if im is not None and im.size[0] * im.size[1] > r.limits.max_input_pixels:
-            raise ValueError(f"the {name} is {im.size[0]}x{im.size[1]} px, more than the "
-                             f"{r.limits.max_input_pixels} pixels allowed" + _raise_with("--max-input-pixels"))
-        if im is not None and min(im.size) < 1:
-            raise ValueError(f"the {name} is empty ({im.size[0]}x{im.size[1]} px)")
-    if r.image is not None:  # the output takes the init image's size unless width / height say otherwise
-        w, h = r.width or r.image.size[0], r.height or r.image.size[1]
-        if w * h > r.limits.max_pixels:
-            raise ValueError(f"the output would be {w}x{h} px (the init image's size), more than the "
-                             f"{r.limits.max_pixels} pixels allowed (give --width / --height, or raise --max-pixels)")
-    if r.mask is not None and r.image is None:
-        raise ValueError("inpainting needs an init image as well as a mask")
-    if r.mask is not None and r.mask.size != r.image.size:
-        raise ValueError(f"the mask is {r.mask.size[0]}x{r.mask.size[1]} px but the image is "
-                         f"{r.image.size[0]}x{r.image.size[1]}: they must be the same size")
+    check_images(r, _raise_with)

@@ -8,7 +8,6 @@ Composition only: the networks are `t2i.nn.controlnet`, the sampling is the LDM'
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,19 +16,15 @@ import torch
 from torch import nn
 
 from t2i.config import Config
-from t2i.io.images import image_to_tensor
 from t2i.nn.controlnet import ControlledUNet, ControlNet, ControlNetConfig
 from t2i.systems.base import load_module, read_system, save_module, system_folder, write_system_json
+from t2i.systems.image_checks import ControlNoteWarning, control_maps  # noqa: F401  (re-exported)
 from t2i.systems.ldm import LDM
 from t2i.systems.request import GenerationRequest
 from t2i.systems.system import SystemBase, register
 
 FORMAT = 1
 BASE_FOLDER = "base"  # where a base that is no shipped system is stored, inside the ControlNet folder
-
-
-class ControlNoteWarning(UserWarning):
-    """A control image was resized to the output's size."""
 
 
 @dataclass(frozen=True)
@@ -98,16 +93,6 @@ class ControlNetSystem(SystemBase):
     def extra_metadata(self, request: GenerationRequest) -> dict[str, str]:
         return {"control_type": ",".join(self.kind_of(k) for _, k, _ in request.controls)} if request.controls else {}
 
-    def hints(self, request: GenerationRequest, size: tuple[int, int]) -> torch.Tensor:
-        """The control images at the output size as (1, K, 3, H, W) in [0, 1] (resized with a note)."""
-        maps = []
-        for image, _, _ in request.controls:
-            if image.size != size:
-                warnings.warn(f"the control image is {image.size[0]}x{image.size[1]} px: resized to the output's "
-                              f"{size[0]}x{size[1]}", ControlNoteWarning, stacklevel=2)
-            maps.append((image_to_tensor(image, size) + 1) / 2)  # (1, 3, H, W)
-        return torch.stack(maps, dim=1)  # (1, K, 3, H, W)
-
     def controlled(self, request: GenerationRequest) -> Callable | None:
         """The LDM run's network hook: the UNet under the request's ControlNets; guess mode on an empty prompt."""
         if not request.controls:
@@ -116,7 +101,7 @@ class ControlNetSystem(SystemBase):
         guess = not any(p.strip() for p in request.prompts)
 
         def hook(unet: nn.Module, cond: dict, uncond: dict | None, size: tuple[int, int]) -> tuple:
-            hints = self.hints(request, size).to(self.device, next(unet.parameters()).dtype)
+            hints = control_maps(request, size).to(self.device, next(unet.parameters()).dtype)
             b = len(request.batch)
             extra = {"hints": hints.expand(b, *hints.shape[1:])}
             net = ControlledUNet(unet, nets, [s for _, _, s in request.controls], guess=guess)
