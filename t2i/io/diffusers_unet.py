@@ -1,7 +1,9 @@
 """diffusers `UNet2DConditionModel` <-> t2i `UNet`: config translation and an explicit key map.
 
 Covers the Stable Diffusion 1.x and 2.x layouts (1x1-conv or linear transformer projections,
-heads per model or per level), ADM scale-shift resblocks and the class / projection embeddings.
+heads per model or per level), ADM scale-shift resblocks, res blocks per model or per level, the class /
+projection embeddings, and the augmentation-level embedding (class_embed_type="timestep", DeepFloyd IF's
+stage II noise level).
 diffusers calls the number of heads `attention_head_dim` in these configs (a known naming quirk);
 it is read and written here exactly as diffusers interprets it.
 """
@@ -78,8 +80,9 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         if len(set(depth)) != 1:
             raise ValueError(f"per-level transformer_layers_per_block {depth} is not supported")
         depth = depth[0]
-    if not isinstance(layers, int) or not isinstance(d.get("cross_attention_dim", 1280), int):
-        raise ValueError("per-level layers_per_block / cross_attention_dim are not supported")
+    layers = tuple(layers) if isinstance(layers, (list, tuple)) else layers
+    if not isinstance(d.get("cross_attention_dim", 1280), int):
+        raise ValueError("per-level cross_attention_dim is not supported")
     heads = d.get("num_attention_heads") or d.get("attention_head_dim", 8)  # the diffusers quirk
     heads = tuple(heads) if isinstance(heads, (list, tuple)) else int(heads)
     cls_type = d.get("class_embed_type")
@@ -87,8 +90,8 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
     pooled_dim = None
     if cls_type == "projection":
         pooled_dim = d.get("projection_class_embeddings_input_dim")
-    elif cls_type is not None:
-        raise ValueError(f"unsupported diffusers UNet class_embed_type {cls_type!r} (None or 'projection')")
+    elif cls_type not in (None, "timestep"):
+        raise ValueError(f"unsupported diffusers UNet class_embed_type {cls_type!r} (None, 'projection' or 'timestep')")
     shift = d.get("resnet_time_scale_shift", "default")
     if shift not in ("default", "scale_shift"):
         raise ValueError(f"unsupported diffusers UNet resnet_time_scale_shift {shift!r}")
@@ -109,6 +112,7 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         pooled_dim=pooled_dim,
         pooled_mlp=pooled_dim is not None,
         num_classes=num_classes,
+        aug_level_embed=cls_type == "timestep",
         norm_groups=d.get("norm_num_groups", 32),
         norm_eps=d.get("norm_eps", 1e-5),
         dropout=d.get("dropout", 0.0),
@@ -124,6 +128,11 @@ def _check_exportable(cfg: UNetConfig) -> None:
         raise ValueError("diffusers UNet2DConditionModel always cross-attends: the t2i UNet needs a context_dim")
     if cfg.pooled_dim is not None and not cfg.pooled_mlp:
         raise ValueError("diffusers projects pooled vectors with an MLP only: set pooled_mlp=True to export")
+    if cfg.aug_level_embed and (cfg.pooled_dim is not None or cfg.num_classes is not None):
+        raise ValueError("diffusers has one class embedding: aug_level_embed with pooled_dim / num_classes cannot "
+                         "be exported")
+    if cfg.resample_first or cfg.skip_scale != 1:
+        raise ValueError("diffusers UNet2DConditionModel has no Efficient UNet layout (resample_first, skip_scale)")
 
 
 def unet_config_to_diffusers(
@@ -142,7 +151,7 @@ def unet_config_to_diffusers(
         "mid_block_type": _MID,
         "up_block_types": [_CROSS_UP if i in cfg.attention_levels else _PLAIN_UP for i in reversed(range(n))],
         "block_out_channels": list(cfg.block_channels),
-        "layers_per_block": cfg.num_res_blocks,
+        "layers_per_block": list(cfg.num_res_blocks) if isinstance(cfg.num_res_blocks, tuple) else cfg.num_res_blocks,
         "transformer_layers_per_block": cfg.transformer_depth,
         "cross_attention_dim": cfg.context_dim,
         "attention_head_dim": list(heads) if isinstance(heads, (list, tuple)) else heads,  # heads: diffusers' quirk
@@ -152,7 +161,7 @@ def unet_config_to_diffusers(
         "dropout": cfg.dropout,
         "time_embedding_dim": cfg.time_embed_dim,
         "resnet_time_scale_shift": "scale_shift" if cfg.scale_shift else "default",
-        "class_embed_type": "projection" if cfg.pooled_dim is not None else None,
+        "class_embed_type": "projection" if cfg.pooled_dim is not None else "timestep" if cfg.aug_level_embed else None,
         "projection_class_embeddings_input_dim": cfg.pooled_dim,
         "num_class_embeds": cfg.num_classes,
         "flip_sin_to_cos": True,
@@ -193,17 +202,18 @@ def diffusers_table(cfg: UNetConfig, *, linear_projection: bool = False) -> list
     """
     _check_exportable(cfg)
     conv = not linear_projection
-    ch, n, nrb = cfg.block_channels, len(cfg.block_channels), cfg.num_res_blocks
+    ch, n = cfg.block_channels, len(cfg.block_channels)
     rows = renames("time_embed.linear_1", "time_embedding.linear_1") + renames("time_embed.linear_2", "time_embedding.linear_2")
     if cfg.num_classes is not None:
         rows += renames("class_embed", "class_embedding", ("weight",))
-    if cfg.pooled_dim is not None:
-        rows += renames("pooled_proj.linear_1", "class_embedding.linear_1")
-        rows += renames("pooled_proj.linear_2", "class_embedding.linear_2")
+    for ours, on in (("pooled_proj", cfg.pooled_dim is not None), ("aug_embed", cfg.aug_level_embed)):
+        if on:  # one class embedding in diffusers: a projection of pooled, or the timestep-embedded level
+            rows += renames(f"{ours}.linear_1", "class_embedding.linear_1")
+            rows += renames(f"{ours}.linear_2", "class_embedding.linear_2")
     rows += renames("conv_in", "conv_in")
     k, prev = 0, ch[0]
     for level in range(n):
-        for j in range(nrb):
+        for j in range(cfg.res_blocks_at(level)):
             rows += _resblock(f"down.{k}.res", f"down_blocks.{level}.resnets.{j}", prev != ch[level])
             if level in cfg.attention_levels:
                 rows += _transformer(f"down.{k}.attn", f"down_blocks.{level}.attentions.{j}", cfg.transformer_depth, conv)
@@ -216,6 +226,7 @@ def diffusers_table(cfg: UNetConfig, *, linear_projection: bool = False) -> list
     rows += _resblock("mid.res2", "mid_block.resnets.1", False)
     k = 0
     for i, level in enumerate(reversed(range(n))):
+        nrb = cfg.res_blocks_at(level)
         for j in range(nrb + 1):
             rows += _resblock(f"up.{k}.res", f"up_blocks.{i}.resnets.{j}", True)
             if level in cfg.attention_levels:

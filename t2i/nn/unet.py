@@ -3,7 +3,9 @@
 Ho et al. 2020 (DDPM UNet), Dhariwal & Nichol 2021 (ADM: scale-shift norm, class embedding),
 Nichol et al. 2021 (GLIDE: pooled text token, context keys/values in every attention layer),
 Rombach et al. 2022 (LDM: spatial transformers with cross-attention), Saharia et al. 2022
-(Imagen: pooled + token conditioning, the augmentation level of the low-res conditioning), Zhang
+(Imagen: pooled + token conditioning, the augmentation level of the low-res conditioning, and the
+Efficient UNet's options: more res blocks at low resolution, skips scaled by 1/sqrt(2), resampling
+before the convolutions on the way down and after them on the way up), Zhang
 et al. 2023 (ControlNet: additive residuals). A feature is on when its config field or its
 conditioning input is set. `UNetEncoder` (embeddings, input conv, down path, middle) is a module of
 its own so ControlNet can copy it; `UNet` extends it with the up path, so the children keep their
@@ -36,7 +38,7 @@ class UNetConfig:
     in_channels: int = 4  # larger for inpainting (mask + masked image) or super-resolution (low-res image)
     out_channels: int = 4
     block_channels: tuple[int, ...] = (320, 640, 1280, 1280)  # width of each resolution level
-    num_res_blocks: int = 2  # per level on the way down (one more on the way up)
+    num_res_blocks: int | tuple[int, ...] = 2  # per model or per level on the way down (one more on the way up)
     attention_levels: tuple[int, ...] = (0, 1, 2)  # levels (0 = full resolution) that have attention
     mid_attention: bool = True
     num_heads: int | tuple[int, ...] | None = 8  # per model or per level; exclusive with head_dim
@@ -50,6 +52,10 @@ class UNetConfig:
     pooled_mlp: bool = False  # project pooled with Linear-SiLU-Linear instead of one Linear
     num_classes: int | None = None  # integer labels (B,) looked up in a table and added to the time embedding
     aug_level_embed: bool = False  # a (B,) augmentation level embedded like t and added (Imagen noise-conditioning aug)
+    skip_scale: float = 1.0  # skip activations times this before they are concatenated (Imagen: 2 ** -0.5)
+    resample_first: bool = False  # Imagen's Efficient UNet: every level downsamples before its res blocks and
+    # upsamples after them (the convolutions run at half the resolution; the skips are the res blocks' outputs,
+    # and the up path has as many res blocks as the down path)
     norm_groups: int = 32
     norm_eps: float = 1e-5
     dropout: float = 0.0
@@ -60,10 +66,16 @@ class UNetConfig:
 
         object.__setattr__(self, "block_channels", tuple(int(c) for c in self.block_channels))
         object.__setattr__(self, "attention_levels", tuple(sorted(int(i) for i in self.attention_levels)))
-        if isinstance(self.num_heads, (list, tuple)):
-            object.__setattr__(self, "num_heads", tuple(int(n) for n in self.num_heads))
-        if not self.block_channels or self.num_res_blocks < 1:
+        for key in ("num_heads", "num_res_blocks"):
+            if isinstance(getattr(self, key), (list, tuple)):
+                object.__setattr__(self, key, tuple(int(n) for n in getattr(self, key)))
+        blocks = self.num_res_blocks if isinstance(self.num_res_blocks, tuple) else (self.num_res_blocks,)
+        if not self.block_channels or min(blocks, default=0) < 1:
             bad("needs at least one level and one res block per level")
+        if isinstance(self.num_res_blocks, tuple) and len(self.num_res_blocks) != len(self.block_channels):
+            bad(f"num_res_blocks per level needs {len(self.block_channels)} entries, got {len(self.num_res_blocks)}")
+        if not self.skip_scale > 0:
+            bad(f"skip_scale must be > 0, got {self.skip_scale}")
         if any(not 0 <= i < len(self.block_channels) for i in self.attention_levels):
             bad(f"attention_levels {self.attention_levels} outside levels 0..{len(self.block_channels) - 1}")
         if self.attention_block not in ATTENTION_BLOCKS:
@@ -82,6 +94,10 @@ class UNetConfig:
     @property
     def emb_dim(self) -> int:
         return self.time_embed_dim or 4 * self.block_channels[0]
+
+    def res_blocks_at(self, level: int) -> int:
+        """Res blocks of a level on the way down."""
+        return self.num_res_blocks[level] if isinstance(self.num_res_blocks, tuple) else self.num_res_blocks
 
     def heads_at(self, level: int) -> tuple[int, int]:
         """(heads, head_dim) of the attention layers at a level; the middle block uses the last level's."""
@@ -214,17 +230,23 @@ class UNetEncoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
 
         self.down = nn.ModuleList()
-        skips = [ch0]
+        skips = [] if cfg.resample_first else [ch0]
+        self._skip_after: list[bool] = []  # whether each down block's output is a skip activation
         ch = ch0
         last = len(cfg.block_channels) - 1
         for level, out_ch in enumerate(cfg.block_channels):
-            for _ in range(cfg.num_res_blocks):
+            if cfg.resample_first:  # Imagen's DBlock: downsample, then the convolutions at the lower resolution
+                self.down.append(UNetBlock(down=Downsample(ch)))
+                self._skip_after.append(False)
+            for _ in range(cfg.res_blocks_at(level)):
                 self.down.append(UNetBlock(self._res(ch, out_ch), self._attn(level, out_ch)))
                 ch = out_ch
                 skips.append(ch)
-            if level != last:
+                self._skip_after.append(True)
+            if level != last and not cfg.resample_first:
                 self.down.append(UNetBlock(down=Downsample(ch)))
                 skips.append(ch)
+                self._skip_after.append(True)
 
         self.mid = MiddleBlock(
             self._res(ch, ch), self._attn_layer(last, ch) if cfg.mid_attention else None, self._res(ch, ch)
@@ -346,10 +368,11 @@ class UNetEncoder(nn.Module):
                 raise ValueError(f"UNet: hint must be {tuple(h.shape)} (the input conv's output), "
                                  f"got {tuple(hint.shape)}")
             h = h + hint
-        skips = [h]
-        for block in self.down:
+        skips = [] if self.config.resample_first else [h]
+        for block, is_skip in zip(self.down, self._skip_after):
             h = self._call(block, h, emb, context, context_mask)
-            skips.append(h)
+            if is_skip:
+                skips.append(h)
         h = self._call(self.mid, h, emb, context, context_mask)  # (B, C_last, H', W')
         return EncoderOutput(skips, h, emb)
 
@@ -367,8 +390,9 @@ class UNet(UNetEncoder):
         self.up = nn.ModuleList()
         for level in reversed(range(len(cfg.block_channels))):
             out_ch = cfg.block_channels[level]
-            for i in range(cfg.num_res_blocks + 1):
-                up = Upsample(out_ch) if level != 0 and i == cfg.num_res_blocks else None
+            n = cfg.res_blocks_at(level) + (0 if cfg.resample_first else 1)  # ADM: one more on the way up
+            for i in range(n):  # Imagen's UBlock upsamples after its convolutions, at every level
+                up = Upsample(out_ch) if i == n - 1 and (level != 0 or cfg.resample_first) else None
                 self.up.append(UNetBlock(self._res(ch + skips.pop(), out_ch), self._attn(level, out_ch), up=up))
                 ch = out_ch
 
@@ -398,9 +422,11 @@ class UNet(UNetEncoder):
         skips, h, emb = enc.skips, enc.mid, enc.emb
         if control is not None:
             skips, h = _add_control(ControlResiduals.coerce(control), skips, h)
+        scale = self.config.skip_scale
         for block in self.up:
-            h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, H, W)
-            size = tuple(skips[-1].shape[-2:]) if skips else None
+            skip = skips.pop()
+            h = torch.cat([h, skip * scale if scale != 1 else skip], dim=1)  # (B, C + C_skip, H, W); Imagen: 2^-0.5
+            size = tuple(skips[-1].shape[-2:]) if skips else tuple(x.shape[-2:])  # where an upsample goes
             h = self._call(block, h, emb, context, context_mask, size)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
 
