@@ -174,7 +174,7 @@ def test_misfit_checkpoint_names_the_tensor_and_why():
 
 
 def test_unsupported_diffusers_options_are_refused():
-    d = {**BASE, "class_embed_type": "timestep"}
+    d = {**BASE, "class_embed_type": "identity"}  # "timestep" maps to aug_level_embed now
     with pytest.raises(ValueError, match="class_embed_type"):
         unet_config_from_diffusers(d)
     with pytest.raises(ValueError, match="addition_embed_type"):
