@@ -214,6 +214,12 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guide", metavar="PATH", help="GLIDE --guidance-type clip|classifier: a guide folder or a "
                                                    "`t2i train` clip / classifier run")
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
+    p.add_argument("--threshold", default=None, metavar="KIND",
+                   help="x0 thresholding: none, static[:limit] (clip to [-limit, limit]) or dynamic[:p] (Imagen: "
+                        "the p-quantile of |x0| per image, p in (0, 1]) (default: the model's)")
+    p.add_argument("--aug-level", type=float, default=None, metavar="L",
+                   help="super-resolution stages: the low-res image's noise augmentation level in [0, 1], a "
+                        "fraction of the timesteps (default: the model's)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--out", default="t2i.png", metavar="FILE|DIR/",
@@ -299,7 +305,7 @@ FLAGS = {"steps": "--steps", "num_images": "-n", "seed": "--seed", "guidance": "
          "height": "--height", "strength": "--strength", "precision": "--precision", "feather": "--feather",
          "batch_size": "--batch-size", "max_pixels": "--max-pixels", "max_input_pixels": "--max-input-pixels",
          "max_images": "--max-images", "control_type": "--control-type", "control_scale": "--control-scale",
-         "control": "--control"}
+         "control": "--control", "threshold": "--threshold", "aug_level": "--aug-level"}
 
 
 def _flagged(e: Exception) -> UsageError:
@@ -336,7 +342,7 @@ def _request(args: argparse.Namespace):
         return GenerationRequest(
             prompts=args.prompt, negative_prompt=args.negative, num_images=args.num_images, seed=args.seed,
             steps=args.steps, sampler=args.sampler, guidance=args.guidance, guidance_type=args.guidance_type,
-            width=args.width, height=args.height, image=image, mask=mask,
+            threshold=args.threshold, aug_level=args.aug_level, width=args.width, height=args.height, image=image, mask=mask,
             strength=strength if image is not None else 1.0, precision=args.precision, progress=not args.no_progress,
             feather=getattr(args, "feather", 0.0), batch_size=args.batch_size, limits=limits,
             control=controls or None, control_type=getattr(args, "control_type", None),

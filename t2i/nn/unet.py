@@ -92,6 +92,11 @@ class UNetConfig:
             self.heads_at(level)  # raises on widths that heads do not divide
 
     @property
+    def downsamples(self) -> int:
+        """How many times the network halves its input (sides must be multiples of 2 ** downsamples)."""
+        return len(self.block_channels) - (0 if self.resample_first else 1)
+
+    @property
     def emb_dim(self) -> int:
         return self.time_embed_dim or 4 * self.block_channels[0]
 

@@ -7,12 +7,13 @@ from t2i.systems.base import TextConfig
 from t2i.systems.cascade import Cascade, CascadeConfig, StageConfig
 from t2i.systems.controlnet import ControlNetSystem, ControlNetSystemConfig
 from t2i.systems.glide import GLIDE, GLIDEConfig, GLIDEStageConfig
+from t2i.systems.imagen import Imagen, ImagenConfig
 from t2i.systems.ldm import LDM, LDMConfig
 from t2i.systems.request import CAPABILITIES, GenerationRequest
 from t2i.systems.system import REGISTRY, System, SystemBase, register
 
 SYSTEMS = REGISTRY  # system.json's "system" -> the class that loads that folder
 
-__all__ = ["CAPABILITIES", "Cascade", "CascadeConfig", "StageConfig", "ControlNetSystem", "ControlNetSystemConfig", "GLIDE", "GLIDEConfig", "GLIDEStageConfig", "GenerationRequest", "LDM", "LDMConfig",
+__all__ = ["CAPABILITIES", "Cascade", "CascadeConfig", "StageConfig", "ControlNetSystem", "ControlNetSystemConfig", "GLIDE", "GLIDEConfig", "GLIDEStageConfig", "GenerationRequest", "Imagen", "ImagenConfig", "LDM", "LDMConfig",
            "REGISTRY", "SYSTEMS", "SamplingConfig", "ScheduleConfig", "System", "SystemBase", "TextConfig",
            "register"]

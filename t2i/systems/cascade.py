@@ -20,8 +20,8 @@ from t2i.nn.unet import UNet, UNetConfig
 from t2i.systems.base import (load_parts, load_text_encoder, read_system, save_parts, save_text_encoder,
                               write_system_json)
 from t2i.systems.request import GenerationRequest
-from t2i.systems.stage import (Guidance, StageRun, augmented_lowres, default_threshold, sample_stage, stage_denoiser,
-                               text_conditions)
+from t2i.systems.stage import (Guidance, StageRun, aug_level_input, augmented_lowres, default_threshold, sample_stage,
+                               stage_denoiser, text_conditions)
 from t2i.systems.system import SystemBase, register
 
 NETWORKS = {"unet": (UNetConfig, UNet), "prior": (VectorPriorConfig, VectorPrior)}
@@ -104,7 +104,9 @@ class Cascade(SystemBase):
         for stage, net, schedule in zip(self.config.stages, self.nets, self.schedules):
             concat, extra = [], {"pooled": x} if stage.previous == "embedding" else None
             if stage.previous == "lowres":  # noise augmentation at the stage's level (Ho et al. 2022, sec. 4.3)
-                concat = [augmented_lowres(x, stage.shape[1:], schedule, stage.lowres_noise, generator)]
+                level = stage.lowres_noise if r.aug_level is None else r.aug_level
+                concat = [augmented_lowres(x, stage.shape[1:], schedule, level, generator)]
+                extra = aug_level_input(net, schedule, level, x.shape[0])
             settings = dataclasses.replace(stage.sampling, sampler=asked.sampler, steps=asked.steps)
             guidance = Guidance(scale, uncond, threshold=default_threshold(settings, r.threshold))
             den = stage_denoiser(net, schedule, stage.prediction, guidance, concat, extra)

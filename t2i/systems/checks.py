@@ -103,6 +103,10 @@ def check_request(r: Any) -> None:
         if not isinstance(r.threshold, str):
             raise ValueError(f"threshold must be text such as 'dynamic:0.995', got {_short(r.threshold)}")
         parse_threshold(r.threshold)
+    if r.aug_level is not None:
+        _finite("aug_level", r.aug_level)
+        if not 0.0 <= r.aug_level <= 1.0:
+            raise ValueError(f"aug_level must be in [0, 1] (a fraction of the timesteps), got {r.aug_level}")
     for name in ("width", "height"):
         if getattr(r, name) is not None:
             _int(name, getattr(r, name), 1, lim.max_pixels)

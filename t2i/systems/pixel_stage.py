@@ -20,8 +20,8 @@ from t2i.encoders.registry import TextConfig, build_text_encoder
 from t2i.nn.unet import UNet, UNetConfig
 from t2i.systems.base import load_parts, load_text_encoder, save_parts, save_text_encoder
 from t2i.systems.request import GenerationRequest
-from t2i.systems.stage import (Guidance, StageRun, augmented_lowres, default_threshold, sample_stage, stage_denoiser,
-                               text_conditions)
+from t2i.systems.stage import (Guidance, StageRun, aug_level_input, augmented_lowres, default_threshold, sample_stage,
+                               stage_denoiser, text_conditions)
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,15 @@ class PixelStage(nn.Module):
         cond, uncond = text_conditions(c.text, self.text_encoder, r, plan.log_prob is None and plan.scale != 1.0)
         pixels = r.pixels((w, h)).to(weight).expand(shape) if plan.image else None
         repaint = None if r.mask is None else r.repaint((w, h)).to(weight)
+        level = c.lowres_noise if r.aug_level is None else r.aug_level
         concat = [] if plan.lowres is None else [  # the previous stage's image, noise-augmented and enlarged
-            augmented_lowres(plan.lowres.to(weight), (h, w), self.schedule, c.lowres_noise, generator)]
+            augmented_lowres(plan.lowres.to(weight), (h, w), self.schedule, level, generator)]
+        extra = {} if plan.lowres is None else aug_level_input(self.unet, self.schedule, level, shape[0])
         if c.inpaint:
             concat.append(inpaint_condition(pixels, repaint.expand(len(r.batch), -1, -1, -1)))
         guidance = Guidance(plan.scale, uncond, plan.log_prob, default_threshold(plan.settings, r.threshold))
         fresh = pixels is None or (r.mask is not None and plan.strength == 1)
         run = StageRun(shape, plan.settings, cond, plan.strength, init=None if fresh else pixels, known=pixels,
                        repaint=repaint, progress=progress, device=weight.device, dtype=weight.dtype)
-        return sample_stage(stage_denoiser(self.unet, self.schedule, c.prediction, guidance, concat), run, generator)
+        den = stage_denoiser(self.unet, self.schedule, c.prediction, guidance, concat, extra)
+        return sample_stage(den, run, generator)

@@ -32,6 +32,7 @@ class GenerationRequest:
     guidance_type: str = "cfg"  # cfg | clip | classifier
     guide: Any = None  # clip / classifier guidance: a Guide, its folder, or log p(x, sigma, cond) -> (B,)
     threshold: str | None = None  # none | static[:limit] | dynamic[:percentile]; None: the stage's own
+    aug_level: float | None = None  # super-resolution stages: the low-res image's noise level in [0, 1]; None: theirs
     width: int | None = None
     height: int | None = None
     image: Image.Image | None = None  # img2img / inpainting init image
@@ -111,6 +112,7 @@ class GenerationRequest:
                 "steps": str(steps), "model": model, "guidance": str(guidance)}
         if self.precision != "fp32":
             meta["precision"] = self.precision
+        meta.update({k: str(v) for k in ("threshold", "aug_level") if (v := getattr(self, k)) is not None})
         if self.image is not None:
             meta.update(mode="inpaint" if self.mask is not None else "img2img", strength=str(self.strength))
         if self.control is not None:

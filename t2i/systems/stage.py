@@ -61,6 +61,14 @@ def augmented_lowres(x: torch.Tensor, size: tuple[int, int], schedule: DiscreteS
     return lowres_condition(x, size, sigma, randn(x.shape, x, generator))
 
 
+def aug_level_input(net: nn.Module, schedule: DiscreteSchedule, level: float, batch: int) -> Cond:
+    """{"aug_level": (B,) in timestep units} for a network that embeds its low-res input's augmentation level
+    (UNetConfig.aug_level_embed; Imagen, Saharia et al. 2022, sec. 2.5), else {}."""
+    if not getattr(getattr(net, "config", None), "aug_level_embed", False):
+        return {}
+    return {"aug_level": torch.full((batch,), level * (schedule.num_timesteps - 1))}
+
+
 def text_conditions(text: TextConfig, encoder: nn.Module, r: GenerationRequest,
                     negative: bool) -> tuple[Cond, Cond | None]:
     """The network inputs of the request's prompts, and of its negative prompt when `negative`."""

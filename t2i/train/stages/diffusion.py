@@ -9,6 +9,7 @@ Cascade and inpainting stages (pixels only) take image conditioning as extra inp
 cond["concat"], through the `ConcatInputs` network wrapper: `lowres_size` trains a super-resolution
 stage on the noise-augmented low-res image (optionally on random `crop_size` crops, as GLIDE's
 upsampler), `inpaint` erases random regions and passes the mask and masked image (GLIDE sec. 3.2).
+A network with `aug_level_embed` is also given each sample's augmentation level as `aug_level` (Imagen).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class DiffusionOptions(TableConfig):
     num_samples: int = 8
     sample_prompts: tuple[str, ...] = ()  # default: the captions of the first num_samples images
     lowres_size: int = 0  # > 0: a super-resolution stage fed the image downsampled to this size (+3 channels)
-    lowres_noise: float = 0.5  # its noise augmentation: a level drawn per sample from U[0, this] (fraction of T)
+    lowres_noise: float = 0.5  # its noise augmentation: a level drawn per sample from U[0, this] (fraction of T);
+    # a UNet with aug_level_embed is told the level (Imagen), others must cope with it unknown (GLIDE, CDM sec. 4.3)
     crop_size: int = 0  # > 0: train on random crops of this size (GLIDE's upsampler); samples stay full size
     inpaint: bool = False  # erase random regions; the mask and the masked image enter as +4 channels
 
@@ -300,6 +302,7 @@ class DiffusionStage:
         cond = self.encode_text([""])
         if self.options.extra_channels:
             cond["concat"] = x.new_zeros((1, self.options.extra_channels, *self.sample_shape[1:]))
+            cond.update(self.aug_level(torch.zeros(1) if self.options.lowres_size else None))
         try:
             with torch.no_grad():
                 self.denoiser(x, torch.ones(1, device=self.device), cond)
@@ -337,23 +340,35 @@ class DiffusionStage:
         x0 = self.encode_images(batch["image"].to(self.device), rng)
         cond = self.encode_text(captions)
         if self.options.extra_channels:  # drawn after the draws above, so other recipes draw as before
-            x0, cond["concat"] = self.image_conditioning(x0, rng)
+            t = self.lowres_level(rng) if self.options.lowres_size else None  # the first draw, as before
+            x0, cond["concat"] = self.image_conditioning(x0, rng, t)
+            cond.update(self.aug_level(t))
         noise = rng.randn(tuple(x0.shape[1:])).to(self.device)  # (B, C, H, W)
         loss = diffusion_loss(self.denoiser, x0, cond, weighting=self.options.weighting,
                               gamma=self.options.gamma, sigma=sigma, noise=noise)
         return loss, {"loss": float(loss.detach())}
 
-    def image_conditioning(self, images: torch.Tensor, rng: SampleRNG) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training images (B, 3, H, W) -> (target, extra channels): the noise-augmented low-res image
-        (a level per sample from U[0, lowres_noise]), then the same random crop of both, then random
+    def lowres_level(self, rng: SampleRNG) -> torch.Tensor:
+        """Each sample's low-res augmentation level (B,) in timestep units, from U[0, lowres_noise] x (T - 1)."""
+        return rng.rand() * self.options.lowres_noise * (self.denoiser.schedule.num_timesteps - 1)
+
+    def aug_level(self, t: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """{"aug_level": t (B,)} when the network embeds the low-res augmentation level (Imagen), else {}."""
+        embeds = getattr(getattr(self.model["net"], "config", None), "aug_level_embed", False)
+        return {"aug_level": t.to(self.device)} if embeds and t is not None else {}
+
+    def image_conditioning(self, images: torch.Tensor, rng: SampleRNG,
+                           t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training images (B, 3, H, W) -> (target, extra channels): the low-res image noise-augmented at
+        levels t (B,) (drawn by `lowres_level` when None), then the same random crop of both, then random
         regions erased for inpainting."""
         from t2i.diffusion.conditioning import inpaint_condition, lowres_condition
 
         o, (b, _, h, w) = self.options, images.shape
         parts = []
         if o.lowres_size:
+            t = self.lowres_level(rng) if t is None else t  # (B,)
             low = F.interpolate(images, size=(o.lowres_size, o.lowres_size), mode="area")  # (B, 3, n, n)
-            t = rng.rand() * o.lowres_noise * (self.denoiser.schedule.num_timesteps - 1)  # (B,)
             sigma = self.denoiser.schedule.t_to_sigma(t)
             parts.append(lowres_condition(low, (h, w), sigma, rng.randn(tuple(low.shape[1:]))))
         if o.crop_size:
@@ -395,7 +410,10 @@ class DiffusionStage:
         cond = self.encode_text(prompts)
         scale = o.guidance if guidance is None else guidance
         uncond = self.encode_text([""] * len(prompts)) if cond and scale != 1.0 else None
-        extra = {"concat": self.grid_conditioning(len(prompts))} if o.extra_channels else None
+        extra = None  # the grid's low-res images at the lowest augmentation level
+        if o.extra_channels:
+            level = torch.zeros(len(prompts)) if o.lowres_size else None
+            extra = {"concat": self.grid_conditioning(len(prompts)), **self.aug_level(level)}
         den = guided(self.denoiser, Guidance(scale, uncond), extra)
         settings = dataclasses.replace(o.sampling_config, steps=steps or o.sample_steps)
         x = sample_stage(den, StageRun((len(prompts), *self.sample_shape), settings, cond or None,
