@@ -101,23 +101,54 @@ def system_from_training_runs(base_run: str | os.PathLike, upsampler_run: str | 
     """The GLIDE system of a pixel-space `t2i train` diffusion run (the base; inpainting if trained with
     `inpaint`) and optionally a super-resolution run (`lowres_size` = the base's image size), EMA
     weights of their newest good checkpoints; `t2i convert` writes it as a t2i folder."""
-    from t2i.nn.unet import UNetConfig
-    from t2i.systems import GLIDE, GLIDEConfig, GLIDEStageConfig, TextConfig
+    from t2i.systems import GLIDE, GLIDEConfig
 
-    stages, names = [], []
-    for run in [Path(base_run)] + ([Path(upsampler_run)] if upsampler_run is not None else []):
-        ckpt_path, ckpt, o = _diffusion_run(run)
-        if o.first_stage:
-            raise ValueError(f"{ckpt_path}: a latent diffusion run (first_stage) is not a GLIDE stage")
-        config = GLIDEStageConfig(
-            unet=UNetConfig.from_dict(o.net), schedule=o.schedule_config, sampling=o.sampling_config,
-            text=o.text_config, prediction=o.prediction, sample_size=int(ckpt.config.get("data", {}).get("size", 64)),
-            lowres_size=o.lowres_size, inpaint=o.inpaint, lowres_noise=min(SAMPLE_LOWRES_NOISE, o.lowres_noise))
-        stages.append((config, _run_tokenizer(ckpt, o.text_encoder), ckpt, ckpt_path))
-        names.append(run.name)
+    stages, names = _pixel_stages(base_run, upsampler_run, "GLIDE")
     config = GLIDEConfig(stages[0][0], stages[1][0] if len(stages) > 1 else None)
     system = GLIDE.build(config, stages[0][1], stages[-1][1], name="+".join(names))
     for stage, (_, _, ckpt, ckpt_path) in zip(system.stages, stages):
         _load_ema(ckpt, ckpt_path, {"net": stage.unet, "text": stage.text_encoder})
     return system.eval()
 
+
+
+def _pixel_stages(base_run: str | os.PathLike, sr_run: str | os.PathLike | None, system: str):
+    """([(PixelStageConfig, tokenizer, checkpoint, its path)], run names) of a pixel-space base run and an
+    optional super-resolution run; the sampling augmentation level is SAMPLE_LOWRES_NOISE at most."""
+    from t2i.nn.unet import UNetConfig
+    from t2i.systems.pixel_stage import PixelStageConfig
+
+    stages, names = [], []
+    for run in [Path(base_run)] + ([Path(sr_run)] if sr_run is not None else []):
+        ckpt_path, ckpt, o = _diffusion_run(run)
+        if o.first_stage:
+            raise ValueError(f"{ckpt_path}: a latent diffusion run (first_stage) is not a {system} stage")
+        config = PixelStageConfig(
+            unet=UNetConfig.from_dict(o.net), schedule=o.schedule_config, sampling=o.sampling_config,
+            text=o.text_config, prediction=o.prediction, sample_size=int(ckpt.config.get("data", {}).get("size", 64)),
+            lowres_size=o.lowres_size, inpaint=o.inpaint, lowres_noise=min(SAMPLE_LOWRES_NOISE, o.lowres_noise))
+        stages.append((config, _run_tokenizer(ckpt, o.text_encoder), ckpt, ckpt_path))
+        names.append(run.name)
+    return stages, names
+
+
+def imagen_from_training_runs(base_run: str | os.PathLike, sr_run: str | os.PathLike | None = None,
+                              threshold: str = "dynamic:0.995"):
+    """The Imagen system of a pixel-space base run and optionally a super-resolution run (`lowres_size` = the
+    base's size), EMA weights of their newest good checkpoints. Both stages read one text encoder, so both runs
+    must be conditioned on the same frozen one (minilm); `.save(folder)` writes it without the encoder."""
+    from t2i.encoders.registry import TEXT_ENCODERS
+    from t2i.systems import Imagen, ImagenConfig
+
+    stages, names = _pixel_stages(base_run, sr_run, "Imagen")
+    text = stages[0][0].text
+    if TEXT_ENCODERS[text.kind].trained or any(c.text != text for c, *_ in stages):
+        raise ValueError(f"{stages[0][3]}: Imagen's stages share one frozen text encoder: train both runs with the "
+                         "same frozen text_encoder (minilm) and [diffusion.text]")
+    if any(c.inpaint for c, *_ in stages):
+        raise ValueError(f"{stages[0][3]}: an inpainting run is not an Imagen stage")
+    config = ImagenConfig(stages[0][0], stages[1][0] if len(stages) > 1 else None, threshold)
+    system = Imagen.build(config, name="+".join(names))
+    for stage, (_, _, ckpt, ckpt_path) in zip(system.stages, stages):
+        _load_ema(ckpt, ckpt_path, {"net": stage.unet})
+    return system.eval()
