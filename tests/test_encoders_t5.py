@@ -105,6 +105,7 @@ def test_a_t5_folder_is_the_t5_text_encoder(tmp_path):
     assert torch.allclose(pooled[0], tokens[0, :4].mean(0), atol=1e-6)
     assert set(encode_prompts(text, enc, ["a red"])) == {"context", "context_mask", "pooled"}
     assert enc.prompt_fit("a blue star a red circle") == (7, 6, [])
+    assert json.loads(enc.tokenizer.to_json())["model"]["type"] == "WordLevel"
     assert load_transformers_t5(tmp_path).config == T5Config.from_hf_config(hf_cfg.to_dict())
     with pytest.raises(ValueError, match="needs its checkpoint folder"):
         build_text_encoder(TextConfig(kind="t5"))

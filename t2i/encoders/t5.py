@@ -47,6 +47,10 @@ class T5Tokenizer:
             raise FileNotFoundError(f"{path.parent}: no tokenizer.json (save the T5 fast tokenizer into the folder)")
         return cls(Tokenizer.from_file(str(path)), max_length)
 
+    def to_json(self) -> str:
+        """The tokenizer.json text (a training run keeps it beside its checkpoints)."""
+        return self.tokenizer.to_str()
+
     def ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
 
