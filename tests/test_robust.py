@@ -92,7 +92,7 @@ def _cli_cases(model, pictures, tmp_path):
         (["generate", "\udcff\udcfe", *m], "undecodable bytes"),
         (["generate", "a\x00b", *m], "NUL"),
         (["generate", "x", "--negative", "\udcff", *m], "negative prompt holds undecodable bytes"),
-        (["generate", "x", "--model", str(broken)], "LDMConfig.unet.num_res_blocks must be int, got 'two'"),
+        (["generate", "x", "--model", str(broken)], "LDMConfig.unet.num_res_blocks must be int | tuple[int, ...], got 'two'"),
         (["generate", "x", "--model", str(notjson)], "not valid JSON"),
         (["img2img", "x", "--image", str(pictures / "huge.png"), *m], "5000x5000 px, more than"),
         (["img2img", "x", *img, "--max-input-pixels", "100", *m], "--max-input-pixels"),
