@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         for arm, precision in arms.items():
             t0 = time.perf_counter()
             images[arm] = system.generate(PROMPT, num_images=args.batch, steps=args.steps, seed=0,
-                                          precision=precision)
+                                          precision=precision, batch_size=args.batch)  # one batch, not chunks
             times[arm].append(time.perf_counter() - t0)
             print(f"# round {r} {arm}: {args.batch / times[arm][-1]:.2f} images/s", file=sys.stderr, flush=True)
     a = np.stack([np.asarray(im, dtype=np.float64) for im in images["fp32"]])
