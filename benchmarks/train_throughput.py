@@ -44,7 +44,7 @@ ARMS: dict[str, tuple[str, list[str], int, str]] = {
     "ldm_bf16_fused": ("shapes_ldm", LDM + BF16 + ["train.fused_adamw=true"], 0, "bf16 + fused AdamW"),
     "ldm_bf16_attn32": ("shapes_ldm", LDM + BF16 + ["train.fp32_attention=true"], 0, "bf16 + float32 attention"),
     "ldm_bf16_compile": ("shapes_ldm", LDM + BF16 + ["train.compile=true"], 0, "bf16 + torch.compile"),
-    "ldm_best": ("shapes_ldm", LDM + BEST, 0, "recipe default (auto precision, channels_last, fused AdamW)"),
+    "ldm_best": ("shapes_ldm", LDM + BEST, 0, "recipe default (auto precision, float32 attention, fused AdamW)"),
     "ldm_best_compile": ("shapes_ldm", LDM + BEST + ["train.compile=true"], 0, "recipe default + torch.compile"),
     "ldm_best_1thread": ("shapes_ldm", LDM + BEST, 1, "recipe default, 1 thread"),
     "ldm_best_workers0": ("shapes_ldm", LDM + BEST + ["data.num_workers=0"], 0,
