@@ -16,6 +16,18 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+HAS_SHIPPED_LDM = (Path(__file__).resolve().parents[1] / "t2i" / "weights" / "ldm" / "system.json").is_file()
+needs_shipped_ldm = pytest.mark.skipif(not HAS_SHIPPED_LDM, reason="no shipped LDM weights in this checkout")
+
+
+@pytest.fixture(scope="session")
+def shipped_ldm():
+    """The shipped `ldm` system, loaded once for every test that draws with it."""
+    from t2i.api import load
+
+    return load("ldm")
+
+
 def write_tiny_clip_bpe(path: Path, corpus: list[str], max_length: int | None = None) -> Path:
     """Train a tiny CLIP-style byte-level BPE (vocab.json + merges.txt) on corpus into the folder path.
 

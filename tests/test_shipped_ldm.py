@@ -4,24 +4,18 @@ a loader regression shows up as a failing test, not as noise in a user's PNG."""
 
 import pytest
 
-from t2i.api import load, shipped_weights
+from conftest import needs_shipped_ldm
 from t2i.cli import DEMO_PROMPT, main
 from t2i.eval.shapeseval import score_image
 from t2i.eval.suite import build_suite
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(not (shipped_weights("ldm") / "system.json").is_file(),
-                                 reason="no shipped LDM weights in this checkout")]
+pytestmark = [pytest.mark.usefixtures("one_thread"), needs_shipped_ldm]
 
 
-@pytest.fixture(scope="module")
-def ldm():
-    return load("ldm")
 
-
-def test_single_object_prompts_are_drawn(ldm):
+def test_single_object_prompts_are_drawn(shipped_ldm):
     specs = [s for s in build_suite() if s.category == "single_object"][:3]
-    passed = [score_image(s, im) for s in specs for im in ldm.generate(s.prompt, num_images=2, seed=0)]
+    passed = [score_image(s, im) for s in specs for im in shipped_ldm.generate(s.prompt, num_images=2, seed=0)]
     assert sum(passed) >= 5, f"{sum(passed)} of 6 images show what {[s.prompt for s in specs]} ask"
 
 

@@ -9,26 +9,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i.api import load, shipped_weights
+from conftest import needs_shipped_ldm
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("regen_ldm_reference", ROOT / "scripts" / "regen_ldm_reference.py")
 regen = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(regen)
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(not (shipped_weights("ldm") / "system.json").is_file(),
-                                 reason="no shipped LDM weights in this checkout")]
+pytestmark = [pytest.mark.usefixtures("one_thread"), needs_shipped_ldm]
 
-
-@pytest.fixture(scope="module")
-def ldm():
-    return load("ldm")
 
 
 @pytest.mark.parametrize("case", sorted(regen.cases()))
-def test_same_pixels_as_the_reference(ldm, case):
+def test_same_pixels_as_the_reference(shipped_ldm, case):
     ref = np.asarray(Image.open(regen.OUT / f"{case}.png").convert("RGB")).astype(int)
-    got = regen.render(ldm, regen.cases()[case]).astype(int)
+    got = regen.render(shipped_ldm, regen.cases()[case]).astype(int)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= 1, f"{case}: max difference {np.abs(got - ref).max()}/255"
