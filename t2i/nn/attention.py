@@ -31,7 +31,8 @@ def set_cpu_fp32_attention(on: bool) -> None:
 
 
 def _cpu_low_precision(q: torch.Tensor) -> bool:
-    return CPU_FP32["on"] and q.device.type == "cpu" and (q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_cpu_enabled())
+    low = q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_cpu_enabled()
+    return CPU_FP32["on"] and q.device.type == "cpu" and low
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -40,6 +41,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> to
     sizes (benchmarks/train_throughput.py), and float32 attention is the more exact."""
     if not _cpu_low_precision(q):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    mask = kwargs.get("attn_mask")
+    if mask is not None and mask.is_floating_point():
+        kwargs["attn_mask"] = mask.float()
     with torch.autocast("cpu", enabled=False):
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
 
@@ -140,7 +144,7 @@ class Attention(nn.Module):
         if mask is None and (not causal or n == m):
             out = attention(q, k, v, is_causal=causal)  # (B, h, N, d)
         else:
-            bias = key_padding_bias(mask, n, m, causal, torch.float32 if _cpu_low_precision(q) else q.dtype)
-            out = attention(q, k, v, attn_mask=bias)  # (B, h, N, d); bias (B|1, 1, N|1, M)
+            bias = key_padding_bias(mask, n, m, causal, q.dtype)  # (B|1, 1, N|1, M)
+            out = attention(q, k, v, attn_mask=bias)  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(x.shape[0], n, h * self.head_dim)  # (B, N, h*d)
         return self.to_out(out)
