@@ -103,22 +103,14 @@ def edges(image: Image.Image) -> Image.Image:
 def shape_segments(image: Image.Image) -> np.ndarray:
     """Per pixel the index of its shape class in SHAPES, len(SHAPES) for an unknown blob, -1 for background:
     the detector's palette segmentation and template-IoU classification, at the image's own size."""
-    from t2i.eval.detector import MAX_RESIDUAL, MIN_AREA_FRAC, blend_fit, classify_shape, estimate_background, \
-        label_components
+    from t2i.eval.detector import classify_shape, estimate_background, segment
 
     px = _rgb(image)
     h, w, _ = px.shape
-    alpha, resid = blend_fit(px, estimate_background(px))
-    best = resid.argmin(axis=0)  # (H, W)
-    a = np.take_along_axis(alpha, best[None], 0)[0]
-    r_best = np.take_along_axis(resid, best[None], 0)[0]
-    fg = (a > 0.5) & (r_best < MAX_RESIDUAL)
-    comp = label_components(np.where(fg, best + 1, 0))
+    _, comp, keep, soft_all = segment(px, estimate_background(px))
     out = np.full((h, w), -1, np.int64)
-    soft_all = np.where(r_best < MAX_RESIDUAL, a, 0.0)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    roots, counts = np.unique(comp[fg], return_counts=True)
-    for root in roots[counts >= MIN_AREA_FRAC * h * w]:
+    for root in keep:
         mask = comp == root
         soft = np.where(mask, soft_all, 0.0)
         area = float(soft.sum())

@@ -143,10 +143,10 @@ def render_accuracy(size: int, n: int, seed: int, corrupt=None) -> tuple[float, 
     return exact / n, found / objs
 
 
-def detect(image, size: int = EVAL_SIZE) -> tuple[str, list[Detection]]:
-    """(background, objects) found in an image of any size, analysed at size x size."""
-    px = as_array(image, size)
-    background = estimate_background(px)
+def segment(px: np.ndarray, background: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Palette segmentation of px (H, W, 3): (labels: palette colour index + 1 per pixel, 0 = background;
+    comp: connected-component roots; keep: the roots of components large enough to be objects; soft: each
+    pixel's blend weight of its best-fitting colour, 0 where no colour fits)."""
     alpha, resid = blend_fit(px, background)
     best = resid.argmin(axis=0)  # (H, W)
     a = np.take_along_axis(alpha, best[None], 0)[0]  # (H, W)
@@ -155,9 +155,16 @@ def detect(image, size: int = EVAL_SIZE) -> tuple[str, list[Detection]]:
     labels = np.where(fg, best + 1, 0)
     comp = label_components(labels)
     roots, counts = np.unique(comp[fg], return_counts=True)
-    keep = roots[counts >= MIN_AREA_FRAC * size * size]
+    keep = roots[counts >= MIN_AREA_FRAC * px.shape[0] * px.shape[1]]
+    return labels, comp, keep, np.where(r_best < MAX_RESIDUAL, a, 0.0)
+
+
+def detect(image, size: int = EVAL_SIZE) -> tuple[str, list[Detection]]:
+    """(background, objects) found in an image of any size, analysed at size x size."""
+    px = as_array(image, size)
+    background = estimate_background(px)
+    labels, comp, keep, soft_all = segment(px, background)
     kept = np.isin(comp, keep)
-    soft_all = np.where(r_best < MAX_RESIDUAL, a, 0.0)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     found = []
     for root in keep:
