@@ -216,7 +216,8 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
     p.add_argument("--threshold", default=None, metavar="KIND",
                    help="x0 thresholding: none, static[:limit] (clip to [-limit, limit]) or dynamic[:p] (Imagen: "
-                        "the p-quantile of |x0| per image, p in (0, 1]) (default: the model's)")
+                        "the p-quantile of |x0| per image; p <= 1 is a fraction, p > 1 a percentage: dynamic:0.995 == "
+                        "dynamic:99.5) (default: the model's)")
     p.add_argument("--aug-level", type=float, default=None, metavar="L",
                    help="super-resolution stages: the low-res image's noise augmentation level in [0, 1], a "
                         "fraction of the timesteps (default: the model's)")

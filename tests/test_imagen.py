@@ -9,7 +9,7 @@ import torch
 import t2i
 from t2i.cli import main
 from t2i.diffusion import DiscreteDenoiser
-from t2i.diffusion.guidance import DynamicThreshold, StaticThreshold
+from t2i.diffusion.guidance import DynamicThreshold, StaticThreshold, parse_threshold
 from t2i.systems import GenerationRequest, Imagen
 from t2i.train import Trainer, load_recipe
 
@@ -54,6 +54,19 @@ def test_default_threshold_is_dynamic_and_the_request_overrides_it(tiny):
     assert (default - static).abs().max() > 1e-3 and (static - none).abs().max() > 1e-3
 
 
+def test_dynamic_percentile_is_a_fraction_up_to_1_and_a_percentage_above():
+    """The paper writes p = 99.5 (a percentage), the code p = 0.995 (a fraction): both mean the same threshold."""
+    assert parse_threshold("dynamic:99.5") == parse_threshold("dynamic:0.995") == ("dynamic", 0.995)
+    assert parse_threshold("dynamic:100") == parse_threshold("dynamic:1") == ("dynamic", 1.0)
+    assert parse_threshold("dynamic") == ("dynamic", 0.995) and parse_threshold("static:2") == ("static", 2.0)
+    den = lambda x, s, c=None: x * 3  # noqa: E731
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(DynamicThreshold(den, 99.5)(x, None), DynamicThreshold(den, 0.995)(x, None))
+    for bad in ("dynamic:0", "dynamic:-5", "dynamic:100.5", "dynamic:nan"):
+        with pytest.raises(ValueError, match=r"percentile must be in \(0, 100\]"):
+            parse_threshold(bad)
+
+
 def test_sr_stage_takes_the_lowres_image_and_its_level(tiny):
     sr, seen = tiny.stages[1], []
     hook = sr.unet.register_forward_pre_hook(lambda m, a, kw: seen.append((a[0].shape, kw["aug_level"])),
@@ -73,7 +86,7 @@ def test_sr_stage_takes_the_lowres_image_and_its_level(tiny):
 
 
 def test_bad_threshold_and_aug_level_are_one_line_errors(tmp_path, capsys):
-    for bad, match in (({"threshold": "dynamic:1.5"}, "percentile must be in"), ({"threshold": "soft"}, "unknown"),
+    for bad, match in (({"threshold": "dynamic:150"}, r"percentile must be in \(0, 100\]"), ({"threshold": "soft"}, "unknown"),
                        ({"aug_level": 1.5}, r"aug_level must be in \[0, 1\]"), ({"aug_level": float("nan")}, "aug_level")):
         with pytest.raises(ValueError, match=match):
             GenerationRequest(("a red circle",), **bad)

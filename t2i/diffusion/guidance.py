@@ -124,14 +124,20 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.995) -> torch.Tens
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
+def percentile_fraction(p: float) -> float:
+    """A percentile as the fraction `dynamic_threshold` takes: p in (0, 1] is a fraction, p in (1, 100] a
+    percentage (the paper's 99.5 == 0.995; Saharia et al. 2022, sec. 2.3); anything else is a one-line error."""
+    if not 0.0 < p <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100] (a fraction in (0, 1] or a percentage in (1, 100]), got {p}")
+    return p / 100.0 if p > 1.0 else float(p)
+
+
 class DynamicThreshold(DenoiserWrapper):
-    """Wrapper applying `dynamic_threshold` to every x0 prediction."""
+    """Wrapper applying `dynamic_threshold` to every x0 prediction; percentile as `percentile_fraction` reads it."""
 
     def __init__(self, denoiser: Denoiser, percentile: float = 0.995):
-        if not 0.0 < percentile <= 1.0:
-            raise ValueError(f"percentile must be in (0, 1], got {percentile}")
         super().__init__(denoiser)
-        self.percentile = percentile
+        self.percentile = percentile_fraction(percentile)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         return dynamic_threshold(self.denoiser(x, sigma, cond), self.percentile)
@@ -141,7 +147,8 @@ THRESHOLDS = ("none", "static", "dynamic")
 
 
 def parse_threshold(spec: str) -> tuple[str, float]:
-    """"none" | "static[:limit]" | "dynamic[:percentile]" -> (kind, value); ValueError in one line."""
+    """"none" | "static[:limit]" | "dynamic[:p]" -> (kind, value); ValueError in one line. p > 1 is a percentage,
+    p <= 1 a fraction: "dynamic:99.5" == "dynamic:0.995" -> ("dynamic", 0.995) (`percentile_fraction`)."""
     kind, _, value = str(spec).partition(":")
     if kind not in THRESHOLDS or (kind == "none" and value):
         raise ValueError(f"unknown threshold {spec!r}; choose none, static[:limit] or dynamic[:percentile]")
@@ -149,9 +156,12 @@ def parse_threshold(spec: str) -> tuple[str, float]:
         v = float(value) if value else (1.0 if kind == "static" else 0.995)
     except ValueError:
         raise ValueError(f"threshold {spec!r}: {value!r} is not a number") from None
-    if kind == "dynamic" and not 0.0 < v <= 1.0 or kind == "static" and not 0.0 < v < float("inf"):
-        raise ValueError(f"threshold {spec!r}: the percentile must be in (0, 1], a static limit finite and > 0")
-    return kind, v
+    if kind == "static" and not 0.0 < v < float("inf"):
+        raise ValueError(f"threshold {spec!r}: a static limit must be finite and > 0")
+    try:
+        return kind, percentile_fraction(v) if kind == "dynamic" else v
+    except ValueError as e:
+        raise ValueError(f"threshold {spec!r}: {e}") from None
 
 
 def thresholded(denoiser: Denoiser, spec: str) -> Denoiser:
