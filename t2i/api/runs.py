@@ -34,10 +34,12 @@ def _diffusion_run(run: Path):
     if stage in GUIDES:
         raise ValueError(f"{ckpt_path}: a {stage} run is a guide, not a system: write it into a GLIDE folder with "
                          f"`t2i convert {run} GLIDE_FOLDER/guide_{stage}`")
+    from t2i.encoders.registry import TEXT_ENCODERS
+
     o = ckpt.config.get("diffusion") or {}
-    if stage != "diffusion" or o.get("text_encoder", "word") not in ("word", "minilm"):
-        raise ValueError(f"{ckpt_path}: not a text-conditioned diffusion run (stage 'diffusion' with a word or "
-                         "minilm text encoder)")
+    if stage != "diffusion" or o.get("text_encoder", "word") not in TEXT_ENCODERS:  # word, minilm, t5, ...
+        raise ValueError(f"{ckpt_path}: not a text-conditioned diffusion run (stage 'diffusion' with a text "
+                         f"encoder: {', '.join(TEXT_ENCODERS)})")
     if o.get("network", "unet") != "unet":
         raise ValueError(f"{ckpt_path}: network {o.get('network')!r} is not the t2i UNet")
     from t2i.train.stages.diffusion import DiffusionOptions
@@ -136,7 +138,8 @@ def imagen_from_training_runs(base_run: str | os.PathLike, sr_run: str | os.Path
                               threshold: str = "dynamic:0.995"):
     """The Imagen system of a pixel-space base run and optionally a super-resolution run (`lowres_size` = the
     base's size), EMA weights of their newest good checkpoints. Both stages read one text encoder, so both runs
-    must be conditioned on the same frozen one (minilm); `.save(folder)` writes it without the encoder."""
+    must be conditioned on the same frozen one (minilm, or t5: a user's T5 folder); `.save(folder)` writes it
+    without the encoder."""
     from t2i.encoders.registry import TEXT_ENCODERS
     from t2i.systems import Imagen, ImagenConfig
 
@@ -144,7 +147,7 @@ def imagen_from_training_runs(base_run: str | os.PathLike, sr_run: str | os.Path
     text = stages[0][0].text
     if TEXT_ENCODERS[text.kind].trained or any(c.text != text for c, *_ in stages):
         raise ValueError(f"{stages[0][3]}: Imagen's stages share one frozen text encoder: train both runs with the "
-                         "same frozen text_encoder (minilm) and [diffusion.text]")
+                         "same frozen text_encoder (minilm or t5) and [diffusion.text]")
     if any(c.inpaint for c, *_ in stages):
         raise ValueError(f"{stages[0][3]}: an inpainting run is not an Imagen stage")
     config = ImagenConfig(stages[0][0], stages[1][0] if len(stages) > 1 else None, threshold)
