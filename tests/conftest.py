@@ -61,3 +61,38 @@ def write_tiny_clip_bpe(path: Path, corpus: list[str], max_length: int | None = 
 def tiny_clip_bpe():
     """`write_tiny_clip_bpe` as a fixture: tiny_clip_bpe(path, corpus, max_length=None) -> path."""
     return write_tiny_clip_bpe
+
+
+SD_CORPUS = ["a red circle to the left of a blue square", "two green triangles", "a large yellow star",
+             "a purple cross above an orange circle on a black background", "three small pink squares"] * 20
+SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    steps_offset=1, clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading")
+
+
+def tiny_sd_components(tmp: Path, size: int, in_channels: int = 4) -> dict:
+    """The parts of a tiny random diffusers Stable Diffusion pipeline for `size` px images, built offline
+    (a BPE trained into tmp, a 2-layer CLIP text model, a 2-level UNet and VAE, DDIM with SD's schedule).
+    Needs diffusers, transformers and tokenizers (importorskip them first)."""
+    import diffusers
+    import transformers
+
+    bpe = write_tiny_clip_bpe(tmp / f"bpe{in_channels}", SD_CORPUS)
+    tokenizer = transformers.CLIPTokenizer(vocab=str(bpe / "vocab.json"), merges=str(bpe / "merges.txt"),
+                                           model_max_length=12)
+    torch.manual_seed(in_channels)
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=12, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=size // 2, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8).eval()
+    vae = diffusers.AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                                  layers_per_block=1).eval()
+    with torch.no_grad():  # fresh diffusers models zero some layers: noise everywhere so no mapping error hides
+        for p in list(unet.parameters()) + list(vae.parameters()):
+            p.add_(torch.randn_like(p) * 0.05)
+    return dict(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                scheduler=diffusers.DDIMScheduler(**SD_SCHEDULER), safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False)

@@ -19,6 +19,7 @@ from t2i.io.diffusers_pipeline import (  # noqa: E402
     sampling_from_scheduler,
     save_diffusers_pipeline,
 )
+from conftest import SD_SCHEDULER, tiny_sd_components  # noqa: E402
 from t2i.systems import LDM  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -27,10 +28,6 @@ TOL = 1e-3
 SIZE = 16  # pixels; the VAE halves it, the UNet halves it again
 STEPS = 6
 PROMPT, NEGATIVE = "a red circle to the left of a blue square", "a green star"
-CORPUS = ["a red circle to the left of a blue square", "two green triangles", "a large yellow star",
-          "a purple cross above an orange circle on a black background", "three small pink squares"] * 20
-SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                    steps_offset=1, clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading")
 SCHEDULERS = {  # name -> (diffusers class, config changes)
     "ddim": ("DDIMScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
@@ -44,41 +41,18 @@ SCHEDULERS = {  # name -> (diffusers class, config changes)
 }
 
 
-def _components(tmp, tiny_clip_bpe, in_channels=4):
-    bpe = tiny_clip_bpe(tmp / f"bpe{in_channels}", CORPUS)
-    tokenizer = transformers.CLIPTokenizer(vocab=str(bpe / "vocab.json"), merges=str(bpe / "merges.txt"),
-                                           model_max_length=12)
-    torch.manual_seed(in_channels)
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        max_position_embeddings=12, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=SIZE // 2, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8).eval()
-    vae = diffusers.AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                                  layers_per_block=1).eval()
-    with torch.no_grad():  # fresh diffusers models zero some layers: noise everywhere so no mapping error hides
-        for p in list(unet.parameters()) + list(vae.parameters()):
-            p.add_(torch.randn_like(p) * 0.05)
-    return dict(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                scheduler=diffusers.DDIMScheduler(**SD_SCHEDULER), safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False)
-
-
 @pytest.fixture(scope="module")
-def sd(tmp_path_factory, tiny_clip_bpe):
+def sd(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sd")
-    pipe = diffusers.StableDiffusionPipeline(**_components(tmp, tiny_clip_bpe))
+    pipe = diffusers.StableDiffusionPipeline(**tiny_sd_components(tmp, SIZE))
     pipe.save_pretrained(tmp / "pipe", safe_serialization=True)
     return tmp / "pipe", pipe
 
 
 @pytest.fixture(scope="module")
-def sd_inpaint(tmp_path_factory, tiny_clip_bpe):
+def sd_inpaint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sdi")
-    pipe = diffusers.StableDiffusionInpaintPipeline(**_components(tmp, tiny_clip_bpe, in_channels=9))
+    pipe = diffusers.StableDiffusionInpaintPipeline(**tiny_sd_components(tmp, SIZE, in_channels=9))
     pipe.save_pretrained(tmp / "pipe", safe_serialization=True)
     return tmp / "pipe", pipe
 

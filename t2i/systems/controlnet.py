@@ -53,9 +53,16 @@ class ControlNetSystem(SystemBase):
         """Fresh ControlNets copied from the base's UNet encoder (zero convolutions: the base's images); the hint
         encoder doubles hint_width at each of its log2(f) stride-2 convs (f: the autoencoder's factor)."""
         widths = tuple(hint_width * 2**i for i in range(base.config.autoencoder.downscale.bit_length()))
-        nets = {k: ControlNet.from_unet(base.unet, widths) for k in kinds}
-        config = ControlNetSystemConfig(base_name, tuple(kinds), nets[kinds[0]].config)
-        return cls(config, base, nets, f"controlnet-{base.name}")
+        return cls.of(base, {k: ControlNet.from_unet(base.unet, widths) for k in kinds}, base_name)
+
+    @classmethod
+    def of(cls, base: LDM, nets: dict[str, ControlNet], base_name: str = "") -> "ControlNetSystem":
+        """Trained or imported ControlNets (one config) over their base; base_name: a shipped system's name."""
+        ae, config = base.config.autoencoder, next(iter(nets.values())).config
+        fits = (config.unet.block_channels, config.hint_downscale) == (base.unet.config.block_channels, ae.downscale)
+        if not fits or any(n.config != config for n in nets.values()):
+            raise ValueError(f"the ControlNets for {', '.join(nets)} do not fit one another or the base {base.name!r}")
+        return cls(ControlNetSystemConfig(base_name, tuple(nets), config), base, nets, f"controlnet-{base.name}")
 
     @classmethod
     def tiny(cls, seed: int = 0) -> "ControlNetSystem":
