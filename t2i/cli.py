@@ -385,15 +385,17 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a model between t2i, diffusers and single-file layouts")
-    p.add_argument("src", help="a t2i folder, a diffusers folder, a single-file .safetensors or a `t2i train` run "
-                                "(a noise-aware clip or classifier run becomes a GLIDE guide folder, e.g. "
-                                "GLIDE_FOLDER/guide_clip)")
+    p.add_argument("src", nargs="+", help="a t2i folder, a diffusers folder, a single-file .safetensors or a `t2i "
+                   "train` run (a noise-aware clip or classifier run becomes a GLIDE guide folder, e.g. "
+                   "GLIDE_FOLDER/guide_clip); several controlnet runs (one control kind each) make one ControlNet "
+                   "system, e.g. t2i/weights/controlnet")
     p.add_argument("dst", help="where to write it (a new folder, or a .safetensors file for --to single-file)")
     p.add_argument("--to", choices=("t2i", "diffusers", "single-file"), default=None,
                    help="target layout (default: diffusers for a t2i folder, t2i otherwise)")
     p.add_argument("--config", metavar="DIR", help="single-file sources: the folder with its tokenizer/")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="weights of a t2i folder (--to t2i) are stored in this type")
+    p.add_argument("--step", type=int, metavar="N", help="controlnet runs: their checkpoint of step N, not the newest")
     p.set_defaults(func=_run_convert)
 
 
@@ -401,7 +403,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     from t2i.api import convert
 
     try:
-        out = convert(args.src, args.dst, args.to, args.config, args.dtype)
+        out = convert(args.src, args.dst, args.to, args.config, args.dtype, args.step)
     except (ValueError, OSError, KeyError) as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
     print(f"wrote {out}")

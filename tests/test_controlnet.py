@@ -101,9 +101,10 @@ def test_system_controls_guess_mode_and_bad_input():
     assert meta["control_type"] == "edges" and meta["control_scale"] == "0.5"
 
 
-def test_load_controlnet_without_shipped_weights_is_one_line():
+def test_load_controlnet_without_shipped_weights_is_one_line(tmp_path, monkeypatch):
     import t2i
 
+    monkeypatch.setattr("t2i.io.weights.WEIGHTS_DIR", tmp_path)  # as a checkout before the weights are shipped
     with pytest.raises(ValueError, match="no shipped weights are installed yet for the 'controlnet' system"):
         t2i.load("controlnet")
 
@@ -171,3 +172,77 @@ def test_cli_annotate_generate_with_control_and_eval_control(tmp_path, capsys):
     assert all(r["placed_images"] == 1.0 for r in rows.values())
     assert main(["eval", "control", "--model", str(tmp_path / "cn"), "--kinds", "edges", "--n", "1", "--steps", "1"]) == 0
     assert "base (no control)" in capsys.readouterr().out
+
+
+def _train(tmp, name, base, *overrides):
+    from t2i.train import Trainer, load_recipe
+
+    recipe = load_recipe("tiny_controlnet", [f"controlnet.base='{base}'", *overrides])
+    Trainer(recipe, tmp / name, progress=False, log=lambda m: None).run()
+    return tmp / name
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Tiny controlnet runs: edges (checkpoints at steps 1, 2, 3) and scribble over one base LDM folder,
+    segmentation over another."""
+    tmp = tmp_path_factory.mktemp("cnruns")
+    torch.set_num_threads(1)
+    base = _noisy(LDM.tiny(0))
+    base.save(tmp / "base")
+    base.save(tmp / "other")
+    return (_train(tmp, "edges", tmp / "base", "train.checkpoint_every=1"),
+            _train(tmp, "scribble", tmp / "base", "controlnet.control='scribble'", "train.steps=1"),
+            _train(tmp, "seg", tmp / "other", "controlnet.control='segmentation'", "train.steps=1"))
+
+
+def _same(a, b, half=False):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].half().float() if half else sa[k], sb[k]) for k in sa)
+
+
+def test_training_runs_convert_to_the_shipped_controlnet_folder(tiny_runs, tmp_path, monkeypatch):
+    """`t2i convert EDGES_RUN SCRIBBLE_RUN WEIGHTS/controlnet --to t2i --dtype float16`: the runs' EMA weights in
+    float16, the base not stored again; `t2i.load("controlnet")` finds the folder and generates with each kind."""
+    import t2i
+    from safetensors import safe_open
+
+    from t2i.api.runs import controlnet_from_training_runs
+    from t2i.cli import main
+
+    edges, scribble, _ = tiny_runs
+    monkeypatch.setattr("t2i.io.weights.WEIGHTS_DIR", tmp_path)
+    args = ["convert", str(edges), str(scribble), str(tmp_path / "controlnet"), "--to", "t2i", "--dtype", "float16"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "controlnet").iterdir()) == [
+        "controlnet_edges.safetensors", "controlnet_scribble.safetensors", "system.json"]
+    with safe_open(str(tmp_path / "controlnet" / "controlnet_edges.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    system = t2i.load("controlnet")
+    assert system.config.kinds == ("edges", "scribble")
+    assert _same(controlnet_from_training_runs([edges, scribble]).controlnets, system.controlnets, half=True)
+    for kind in ("edges", "scribble"):
+        x = system.sample("a red circle", control=_control(), control_type=kind, steps=2, seed=0)
+        assert x.shape == (1, 3, 16, 16) and torch.isfinite(x).all()
+    assert isinstance(t2i.load(edges), ControlNetSystem)  # one run loads as a system too
+
+
+def test_controlnet_export_by_step_one_kind_and_bad_runs(tiny_runs, tmp_path):
+    from t2i.api.runs import controlnet_from_training_runs
+    from t2i.cli import main
+
+    edges, scribble, seg = tiny_runs
+    newest, first = controlnet_from_training_runs([edges]), controlnet_from_training_runs([edges], step=1)
+    assert _same(newest, controlnet_from_training_runs([edges], step=3)) and not _same(newest, first)
+    assert main(["convert", str(edges), str(tmp_path / "e1"), "--step", "1"]) == 0
+    only = ControlNetSystem.load(tmp_path / "e1")
+    assert _same(first.controlnets, only.controlnets)
+    with pytest.raises(ValueError, match=r"no ControlNet for 'scribble': .* has ControlNets for edges \("):
+        only.sample("a red circle", control=_control(), control_type="scribble")
+    with pytest.raises(ValueError, match=r"no checkpoint of step 7 \(its checkpoints: steps 1, 2, 3\)"):
+        controlnet_from_training_runs([edges], step=7)
+    with pytest.raises(ValueError, match="different bases"):
+        controlnet_from_training_runs([edges, seg])
+    with pytest.raises(ValueError, match="two runs train the 'edges' ControlNet"):
+        controlnet_from_training_runs([edges, edges])
+    assert main(["convert", str(edges), str(scribble), str(tmp_path / "d"), "--to", "diffusers"]) == 2

@@ -4,10 +4,12 @@ guide run -> a guide folder."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from t2i.api.guides import guide_kind, load_guide
 from t2i.api.loading import load
+from t2i.api.runs import controlnet_from_training_runs
 
 
 CONVERT_FORMATS = ("t2i", "diffusers", "single-file")
@@ -16,18 +18,20 @@ CONVERT_FORMATS = ("t2i", "diffusers", "single-file")
 CONVERT_DTYPES = ("float32", "float16", "bfloat16")
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None,
-            config_dir: str | os.PathLike | None = None, dtype: str = "float32") -> Path:
+def convert(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str | os.PathLike, to: str | None = None,
+            config_dir: str | os.PathLike | None = None, dtype: str = "float32", step: int | None = None) -> Path:
     """Read a model in any format t2i reads and write it as a t2i folder, a diffusers folder or one
     original-layout .safetensors file (default: diffusers for a t2i folder, t2i for anything else);
     a t2i folder may store its weights as float16 or bfloat16 (`dtype`). A guide (a noise-aware clip or
-    classifier run, or a guide folder) is written as a guide folder, e.g. a GLIDE folder's guide_clip/."""
-    src, dst = Path(src), Path(dst)
+    classifier run, or a guide folder) is written as a guide folder, e.g. a GLIDE folder's guide_clip/.
+    Several sources, or a `step`, are controlnet training runs: one ControlNet system of them (one kind each)."""
+    runs = [Path(s) for s in src] if isinstance(src, (list, tuple)) else [Path(src)]
+    src, dst = runs[0], Path(dst)
     if dtype not in CONVERT_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(CONVERT_DTYPES)}")
     if dst.exists() and (dst.is_file() or any(dst.iterdir())):
         raise ValueError(f"{dst} already exists and is not empty; give a new path")
-    kind = guide_kind(src)
+    kind = guide_kind(src) if len(runs) == 1 else None
     if kind is not None:
         if to not in (None, "t2i"):
             raise ValueError(f"{src} is a {kind} guide: it converts to a t2i guide folder only (--to t2i)")
@@ -40,11 +44,18 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
         raise ValueError(f"unknown target format {to!r}; choose from {', '.join(CONVERT_FORMATS)}")
     if dtype != "float32" and to != "t2i":
         raise ValueError(f"--dtype {dtype} is for t2i folders; diffusers and single-file exports are float32")
-    system = load(src, config_dir=config_dir)
+    if len(runs) > 1 or step is not None:
+        if to != "t2i":
+            raise ValueError("several sources or a --step: controlnet training runs, converted to a t2i folder only")
+        system = controlnet_from_training_runs(runs, step)
+    else:
+        system = load(src, config_dir=config_dir)
     if to == "t2i":
         import torch
 
         return system.save(dst, dtype=getattr(torch, dtype))
+    if not hasattr(system, "autoencoder"):
+        raise ValueError(f"{src}: a {type(system).__name__} converts to a t2i folder only (--to t2i)")
     if to == "diffusers":
         from t2i.io.diffusers_pipeline import save_diffusers_pipeline
 

@@ -1,9 +1,11 @@
 """A `t2i train` run -> a system: the LDM or GLIDE system of diffusion runs (EMA weights of the newest
-good checkpoint), with the helpers that read a run's checkpoint."""
+good checkpoint), the ControlNet system of controlnet runs, with the helpers that read a run's checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from t2i.io.weights import system_folder
@@ -14,11 +16,17 @@ def is_training_run(path: Path) -> bool:
     return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "manifest.json").is_file())
 
 
-def _run_checkpoint(run: Path):
-    """(checkpoint path, checkpoint) of a `t2i train` run (its newest good checkpoint) or checkpoint folder."""
-    from t2i.train.checkpoint import latest_checkpoint, read_checkpoint
+def _run_checkpoint(run: Path, step: int | None = None):
+    """(checkpoint path, checkpoint) of a `t2i train` run (its newest good checkpoint, or the one of `step`) or
+    checkpoint folder."""
+    from t2i.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint, step_dir
 
     ckpt_path = run if (run / "manifest.json").is_file() else latest_checkpoint(run / "checkpoints", log=lambda m: None)
+    if step is not None and ckpt_path != run:
+        ckpt_path = step_dir(run / "checkpoints", step)
+        if not ckpt_path.is_dir():
+            steps = ", ".join(str(int(p.name[5:])) for p in list_checkpoints(run / "checkpoints")) or "none"
+            raise ValueError(f"{run}: no checkpoint of step {step} (its checkpoints: steps {steps})")
     if ckpt_path is None:
         raise ValueError(f"{run}: no complete checkpoint in {run / 'checkpoints'}")
     return ckpt_path, read_checkpoint(ckpt_path)
@@ -80,6 +88,8 @@ def system_from_training_run(run: str | os.PathLike, first_stage: str | os.PathL
     from t2i.train.stages.diffusion import load_first_stage
 
     run = Path(run)
+    if _run_stage(run) == "controlnet":
+        return controlnet_from_training_runs([run])
     ckpt_path, ckpt, o = _diffusion_run(run)
     if not o.first_stage and first_stage is None:
         return system_from_training_runs(run)
@@ -155,3 +165,38 @@ def imagen_from_training_runs(base_run: str | os.PathLike, sr_run: str | os.Path
     for stage, (_, _, ckpt, ckpt_path) in zip(system.stages, stages):
         _load_ema(ckpt, ckpt_path, {"net": stage.unet})
     return system.eval()
+
+
+def _run_stage(run: Path) -> str | None:
+    """The stage a run folder (recipe.json) or checkpoint folder (config.json) trained, read without its weights."""
+    for name in ("config.json", "recipe.json"):
+        if (run / name).is_file():
+            return json.loads((run / name).read_text()).get("stage")
+    return None
+
+
+def controlnet_from_training_runs(runs: Sequence[str | os.PathLike], step: int | None = None):
+    """The ControlNet system of `t2i train` controlnet runs, one control kind each, over the one base LDM they
+    all trained over (EMA weights of each run's newest good checkpoint, or of its checkpoint at `step`: the
+    accuracy-vs-step curve); `.save(folder)` stores the base again only when it is not a shipped system."""
+    from t2i.nn.controlnet import ControlNet, ControlNetConfig
+    from t2i.systems.controlnet import ControlNetSystem, _load_base
+
+    if not runs:
+        raise ValueError("give at least one controlnet training run")
+    nets, bases = {}, set()
+    for run in map(Path, runs):
+        ckpt_path, ckpt = _run_checkpoint(run, step)
+        if ckpt.config.get("stage") != "controlnet":
+            raise ValueError(f"{ckpt_path}: a {ckpt.config.get('stage')!r} run, not a controlnet run")
+        meta = json.loads(ckpt.extra("controlnet.json"))  # what the stage trained: base, kind, architecture
+        if meta["kind"] in nets:
+            raise ValueError(f"{ckpt_path}: two runs train the {meta['kind']!r} ControlNet; give one run per kind")
+        nets[meta["kind"]] = net = ControlNet(ControlNetConfig.from_dict(meta["controlnet"]))
+        _load_ema(ckpt, ckpt_path, {"controlnet": net})
+        bases.add(meta["base"])
+    if len(bases) != 1:
+        raise ValueError(f"the runs trained over different bases ({', '.join(sorted(map(repr, bases)))}): "
+                         "a ControlNet system has one base")
+    base = bases.pop()
+    return ControlNetSystem.of(_load_base(base), nets, base).eval()
