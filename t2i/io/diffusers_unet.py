@@ -2,8 +2,9 @@
 
 Covers the Stable Diffusion 1.x and 2.x layouts (1x1-conv or linear transformer projections,
 heads per model or per level), ADM scale-shift resblocks, res blocks per model or per level, the class /
-projection embeddings, and the augmentation-level embedding (class_embed_type="timestep", DeepFloyd IF's
-stage II noise level).
+projection embeddings, the augmentation-level embedding (class_embed_type="timestep", DeepFloyd IF's
+stage II noise level), and DeepFloyd IF's UNets (reading): res blocks that resample, "simple" attention with
+the group-normed text joining the keys/values, the text projection and the attention-pooled text embedding.
 diffusers calls the number of heads `attention_head_dim` in these configs (a known naming quirk);
 it is read and written here exactly as diffusers interprets it.
 """
@@ -33,17 +34,9 @@ _REQUIRED = {
     "freq_shift": 0,
     "only_cross_attention": False,
     "downsample_padding": 1,
-    "mid_block_scale_factor": 1,
-    "act_fn": "silu",
-    "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None,
     "dual_cross_attention": False,
-    "addition_embed_type": None,
     "addition_time_embed_dim": None,
-    "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0,
     "time_embedding_type": "positional",
-    "time_embedding_act_fn": None,
     "timestep_post_act": None,
     "time_cond_proj_dim": None,
     "conv_in_kernel": 3,
@@ -51,9 +44,40 @@ _REQUIRED = {
     "attention_type": "default",
     "class_embeddings_concat": False,
     "mid_block_only_cross_attention": None,
-    "cross_attention_norm": None,
     "reverse_transformer_layers_per_block": None,
 }
+_IF_DOWN, _IF_CROSS_DOWN = "ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"  # DeepFloyd IF's blocks
+_IF_UP, _IF_CROSS_UP, _IF_MID = "ResnetUpsampleBlock2D", "SimpleCrossAttnUpBlock2D", "UNetMidBlock2DSimpleCrossAttn"
+_FAMILIES = {  # (plain down, cross down, plain up, cross up, mid): SD's transformer UNet or IF's ADM-style one
+    "transformer": (_PLAIN_DOWN, _CROSS_DOWN, _PLAIN_UP, _CROSS_UP, _MID),
+    "adm": (_IF_DOWN, _IF_CROSS_DOWN, _IF_UP, _IF_CROSS_UP, _IF_MID),
+}
+
+
+def _if_options(d: dict[str, Any]) -> dict[str, Any]:
+    """UNetConfig fields of the options DeepFloyd IF sets (act, resampling res blocks, output scale, text
+    projection, group-normed context, attention-pooled text); refuses the combinations t2i lacks."""
+    act = {"swish": "silu"}.get(d.get("act_fn", "silu"), d.get("act_fn", "silu"))
+    if act not in ("silu", "gelu"):
+        raise ValueError(f"unsupported diffusers UNet act_fn {act!r} (silu or gelu)")
+    # an activation of the summed embedding and none before each res block's projection is the same function
+    time_act, skip = d.get("time_embedding_act_fn"), bool(d.get("resnet_skip_time_act", False))
+    if (time_act, skip) not in ((None, False), (d.get("act_fn", "silu"), True)):
+        raise ValueError(f"unsupported diffusers UNet time_embedding_act_fn={time_act!r} with "
+                         f"resnet_skip_time_act={skip} (t2i: none and False, or act_fn and True)")
+    out_scale = float(d.get("resnet_out_scale_factor", 1.0))
+    if float(d.get("mid_block_scale_factor", 1)) != out_scale:
+        raise ValueError("unsupported diffusers UNet mid_block_scale_factor != resnet_out_scale_factor")
+    hid, hid_type = d.get("encoder_hid_dim"), d.get("encoder_hid_dim_type")
+    if hid_type not in (None, "text_proj") or hid_type is not None and hid is None:
+        raise ValueError(f"unsupported diffusers UNet encoder_hid_dim_type {hid_type!r} (only 'text_proj')")
+    add, norm = d.get("addition_embed_type"), d.get("cross_attention_norm")
+    if add not in (None, "text") or norm not in (None, "group_norm"):
+        raise ValueError(f"unsupported diffusers UNet addition_embed_type={add!r} / cross_attention_norm={norm!r} "
+                         "(None or 'text' / None or 'group_norm')")
+    return dict(act=act, res_out_scale=out_scale, context_in_dim=hid,
+                text_pool_heads=d.get("addition_embed_type_num_heads", 64) if add == "text" else None,
+                context_norm_groups=d.get("cross_attention_norm_num_groups", 32) if norm else None)
 
 
 def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
@@ -66,14 +90,16 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
     n = len(channels)
     down = tuple(d.get("down_block_types", (_CROSS_DOWN,) * (n - 1) + (_PLAIN_DOWN,)))
     up = tuple(d.get("up_block_types", (_PLAIN_UP,) + (_CROSS_UP,) * (n - 1)))
-    if len(down) != n or len(up) != n or set(down) - {_CROSS_DOWN, _PLAIN_DOWN} or set(up) - {_CROSS_UP, _PLAIN_UP}:
+    family = next((f for f, b in _FAMILIES.items() if set(down) <= set(b[:2]) and set(up) <= set(b[2:4])), None)
+    if len(down) != n or len(up) != n or family is None:
         raise ValueError(f"unsupported diffusers UNet blocks: down={down}, up={up}")
-    levels = tuple(i for i, b in enumerate(down) if b == _CROSS_DOWN)
-    if tuple(i for i, b in enumerate(reversed(up)) if b == _CROSS_UP) != levels:
+    _, cross_down, _, cross_up, mid_type = _FAMILIES[family]
+    levels = tuple(i for i, b in enumerate(down) if b == cross_down)
+    if tuple(i for i, b in enumerate(reversed(up)) if b == cross_up) != levels:
         raise ValueError(f"diffusers UNet up blocks {up} do not mirror the down blocks {down}")
     mid = d.get("mid_block_type", _MID)
-    if mid != _MID:
-        raise ValueError(f"unsupported diffusers UNet mid_block_type {mid!r} (only {_MID!r})")
+    if mid != mid_type:
+        raise ValueError(f"unsupported diffusers UNet mid_block_type {mid!r} with these blocks (only {mid_type!r})")
     layers = d.get("layers_per_block", 2)
     depth = d.get("transformer_layers_per_block", 1)
     if isinstance(depth, (list, tuple)):
@@ -85,6 +111,8 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         raise ValueError("per-level cross_attention_dim is not supported")
     heads = d.get("num_attention_heads") or d.get("attention_head_dim", 8)  # the diffusers quirk
     heads = tuple(heads) if isinstance(heads, (list, tuple)) else int(heads)
+    if family == "adm" and not isinstance(heads, int):
+        raise ValueError("per-level attention_head_dim is not supported for IF's simple-attention blocks")
     cls_type = d.get("class_embed_type")
     num_classes = d.get("num_class_embeds") if cls_type is None else None
     pooled_dim = None
@@ -102,10 +130,11 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         num_res_blocks=layers,
         attention_levels=levels,
         mid_attention=True,
-        num_heads=heads,
-        head_dim=None,
+        num_heads=heads if family == "transformer" else None,
+        head_dim=None if family == "transformer" else heads,  # IF's blocks read attention_head_dim as a width
         transformer_depth=int(depth),
-        attention_block="transformer",
+        attention_block=family,
+        resblock_updown=family == "adm",
         context_dim=d.get("cross_attention_dim", 1280),
         time_embed_dim=d.get("time_embedding_dim"),
         scale_shift=shift == "scale_shift",
@@ -116,12 +145,14 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         norm_groups=d.get("norm_num_groups", 32),
         norm_eps=d.get("norm_eps", 1e-5),
         dropout=d.get("dropout", 0.0),
+        **_if_options(d),
     )
 
 
 def _check_exportable(cfg: UNetConfig) -> None:
-    if cfg.attention_block != "transformer":
-        raise ValueError("diffusers UNet2DConditionModel has no ADM/GLIDE attention blocks (attention_block='adm')")
+    if cfg.attention_block != "transformer" and not cfg.resblock_updown:
+        raise ValueError("diffusers UNet2DConditionModel has ADM/GLIDE attention blocks (attention_block='adm') "
+                         "only in DeepFloyd IF's layout (resblock_updown)")
     if not cfg.mid_attention:
         raise ValueError("diffusers UNetMidBlock2DCrossAttn always has attention: mid_attention=False cannot be exported")
     if cfg.context_dim is None:
@@ -138,8 +169,11 @@ def _check_exportable(cfg: UNetConfig) -> None:
 def unet_config_to_diffusers(
     cfg: UNetConfig, *, linear_projection: bool = False, sample_size: int = 64
 ) -> dict[str, Any]:
-    """UNetConfig -> the kwargs / config.json of a diffusers UNet2DConditionModel."""
+    """UNetConfig -> the kwargs / config.json of a diffusers UNet2DConditionModel (SD's layout)."""
     _check_exportable(cfg)
+    if cfg.attention_block != "transformer" or cfg.act != "silu" or cfg.res_out_scale != 1 or any(
+            (cfg.context_in_dim, cfg.context_norm_groups, cfg.text_pool_heads)):
+        raise ValueError("writing DeepFloyd IF's diffusers UNet config is not supported (reading is)")
     n = len(cfg.block_channels)
     heads = [cfg.heads_at(i)[0] for i in range(n)] if cfg.head_dim is not None else cfg.num_heads
     return {
@@ -176,6 +210,24 @@ def _resblock(ours: str, theirs: str, has_skip: bool) -> list[Rename]:
     return rows + (renames(f"{ours}.skip", f"{theirs}.conv_shortcut") if has_skip else [])
 
 
+def _simple_attention(ours: str, theirs: str) -> list[Rename]:
+    """DeepFloyd IF's attention (diffusers AttnAddedKVProcessor) <-> t2i's ADM/GLIDE AttentionBlock."""
+    rows = renames(f"{ours}.norm", f"{theirs}.group_norm") + renames(f"{ours}.context_norm", f"{theirs}.norm_cross")
+    rows += renames(f"{ours}.attn.to_qkv", (f"{theirs}.to_q", f"{theirs}.to_k", f"{theirs}.to_v"))
+    rows += renames(f"{ours}.attn.to_context_kv", (f"{theirs}.add_k_proj", f"{theirs}.add_v_proj"))
+    return rows + renames(f"{ours}.attn.to_out", f"{theirs}.to_out.0")
+
+
+def _if_embeddings(cfg: UNetConfig) -> list[Rename]:
+    """The text projection and the attention-pooled text embedding (DeepFloyd IF), where the config has them."""
+    rows = renames("context_proj", "encoder_hid_proj") if cfg.context_in_dim else []
+    if cfg.text_pool_heads:
+        rows += [Rename("text_pool.pool.positional_embedding", ("add_embedding.pool.positional_embedding",), False)]
+        for part in ("norm1", "pool.q_proj", "pool.k_proj", "pool.v_proj", "proj", "norm2"):
+            rows += renames(f"text_pool.{part}", f"add_embedding.{part}")
+    return rows
+
+
 def _transformer(ours: str, theirs: str, depth: int, conv_proj: bool) -> list[Rename]:
     """LDM spatial transformer; the per-block names are the same in diffusers and the original layout."""
     rows = renames(f"{ours}.norm", f"{theirs}.norm")
@@ -203,7 +255,14 @@ def diffusers_table(cfg: UNetConfig, *, linear_projection: bool = False) -> list
     _check_exportable(cfg)
     conv = not linear_projection
     ch, n = cfg.block_channels, len(cfg.block_channels)
+
+    def attention(ours: str, theirs: str) -> list[Rename]:
+        if cfg.attention_block == "adm":
+            return _simple_attention(ours, theirs)
+        return _transformer(ours, theirs, cfg.transformer_depth, conv)
+
     rows = renames("time_embed.linear_1", "time_embedding.linear_1") + renames("time_embed.linear_2", "time_embedding.linear_2")
+    rows += _if_embeddings(cfg)
     if cfg.num_classes is not None:
         rows += renames("class_embed", "class_embedding", ("weight",))
     for ours, on in (("pooled_proj", cfg.pooled_dim is not None), ("aug_embed", cfg.aug_level_embed)):
@@ -216,13 +275,16 @@ def diffusers_table(cfg: UNetConfig, *, linear_projection: bool = False) -> list
         for j in range(cfg.res_blocks_at(level)):
             rows += _resblock(f"down.{k}.res", f"down_blocks.{level}.resnets.{j}", prev != ch[level])
             if level in cfg.attention_levels:
-                rows += _transformer(f"down.{k}.attn", f"down_blocks.{level}.attentions.{j}", cfg.transformer_depth, conv)
+                rows += attention(f"down.{k}.attn", f"down_blocks.{level}.attentions.{j}")
             k, prev = k + 1, ch[level]
-        if level != n - 1:
+        if level != n - 1 and cfg.resblock_updown:
+            rows += _resblock(f"down.{k}.res", f"down_blocks.{level}.downsamplers.0", False)
+            k += 1
+        elif level != n - 1:
             rows += renames(f"down.{k}.down.conv", f"down_blocks.{level}.downsamplers.0.conv")
             k += 1
     rows += _resblock("mid.res1", "mid_block.resnets.0", False)
-    rows += _transformer("mid.attn", "mid_block.attentions.0", cfg.transformer_depth, conv)
+    rows += attention("mid.attn", "mid_block.attentions.0")
     rows += _resblock("mid.res2", "mid_block.resnets.1", False)
     k = 0
     for i, level in enumerate(reversed(range(n))):
@@ -230,8 +292,10 @@ def diffusers_table(cfg: UNetConfig, *, linear_projection: bool = False) -> list
         for j in range(nrb + 1):
             rows += _resblock(f"up.{k}.res", f"up_blocks.{i}.resnets.{j}", True)
             if level in cfg.attention_levels:
-                rows += _transformer(f"up.{k}.attn", f"up_blocks.{i}.attentions.{j}", cfg.transformer_depth, conv)
-            if level != 0 and j == nrb:
+                rows += attention(f"up.{k}.attn", f"up_blocks.{i}.attentions.{j}")
+            if level != 0 and j == nrb and cfg.resblock_updown:
+                rows += _resblock(f"up.{k}.res_up", f"up_blocks.{i}.upsamplers.0", False)
+            elif level != 0 and j == nrb:
                 rows += renames(f"up.{k}.up.conv", f"up_blocks.{i}.upsamplers.0.conv")
             k += 1
     return rows + renames("norm_out", "conv_norm_out") + renames("conv_out", "conv_out")

@@ -27,10 +27,47 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class TimestepMLP(nn.Module):
     """Linear -> SiLU -> Linear, lifting sinusoidal (or pooled) features to the embedding width (ADM)."""
 
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, act: str = "silu"):
         super().__init__()
         self.linear_1 = nn.Linear(in_dim, out_dim)
         self.linear_2 = nn.Linear(out_dim, out_dim)
+        self.act = {"silu": F.silu, "gelu": F.gelu}[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+class AttentionPool(nn.Module):
+    """One query, the tokens' mean plus a learned position, attends over [query, tokens] (CLIP's ResNet
+    attention pool, Radford et al. 2021; DeepFloyd IF pools T5 states so); no output projection."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"AttentionPool: {dim} channels do not split into {heads} heads")
+        self.heads = heads
+        self.positional_embedding = nn.Parameter(torch.randn(1, dim) / dim**0.5)
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D) -> (B, D)."""
+        b, _, d = x.shape
+        query = x.mean(dim=1, keepdim=True) + self.positional_embedding.to(x.dtype)  # (B, 1, D)
+        x = torch.cat([query, x], dim=1)  # (B, 1+L, D)
+        split = lambda t: t.view(b, -1, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731 (B, h, N, d)
+        out = F.scaled_dot_product_attention(split(self.q_proj(query)), split(self.k_proj(x)), split(self.v_proj(x)))
+        return out.transpose(1, 2).reshape(b, d)  # (B, D)
+
+
+class TextTimeEmbedding(nn.Module):
+    """Token states -> a vector added to the time embedding: LayerNorm, attention pool, Linear, LayerNorm
+    (DeepFloyd IF's pooled-text conditioning, after Imagen's pooled text embedding, Saharia et al. 2022)."""
+
+    def __init__(self, dim: int, out_dim: int, heads: int):
+        super().__init__()
+        self.norm1, self.pool = nn.LayerNorm(dim), AttentionPool(dim, heads)
+        self.proj, self.norm2 = nn.Linear(dim, out_dim), nn.LayerNorm(out_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L, D) -> (B, out_dim)."""
+        return self.norm2(self.proj(self.pool(self.norm1(tokens))))

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu}  # the UNet's nonlinearity (DeepFloyd IF uses GELU)
+
+
+@dataclass(frozen=True)
+class ResStyle:
+    """How a ResBlock computes beyond its widths: its nonlinearity, BigGAN / ADM resampling inside the block
+    ("down": 2x2 average pool, "up": nearest 2x, applied to h and x after the first norm; Brock et al. 2019),
+    and a divisor of its output (DeepFloyd IF's 1.414)."""
+
+    act: str = "silu"
+    resample: str | None = None
+    out_scale: float = 1.0
 
 
 class ResBlock(nn.Module):
@@ -20,9 +35,10 @@ class ResBlock(nn.Module):
         eps: float = 1e-5,
         scale_shift: bool = False,
         dropout: float = 0.0,
+        style: ResStyle = ResStyle(),
     ):
         super().__init__()
-        self.scale_shift = scale_shift
+        self.scale_shift, self.style, self.act = scale_shift, style, ACTIVATIONS[style.act]
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if scale_shift else out_channels)
@@ -35,15 +51,24 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """x (B, C_in, H, W), emb (B, E) -> (B, C_out, H, W)."""
-        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
-        e = self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, C_out or 2*C_out, 1, 1)
+        h = self.act(self.norm1(x))
+        if self.style.resample is not None:  # ADM resblock_updown: resample h and x alike
+            h, x = _resample(h, self.style.resample), _resample(x, self.style.resample)  # (B, C, H', W')
+        h = self.conv1(h)  # (B, C_out, H', W')
+        e = self.emb_proj(self.act(emb))[:, :, None, None]  # (B, C_out or 2*C_out, 1, 1)
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
             h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # ADM eq. "AdaGN": norm(h)*(1+s)+b
         else:
             h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
+        h = self.conv2(self.dropout(self.act(h)))
+        out = self.skip(x) + h
+        return out / self.style.out_scale if self.style.out_scale != 1 else out
+
+
+def _resample(x: torch.Tensor, how: str) -> torch.Tensor:
+    """2x down (average pool) or up (nearest), without parameters (ADM's resblock_updown)."""
+    return F.avg_pool2d(x, 2) if how == "down" else F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 class Downsample(nn.Module):

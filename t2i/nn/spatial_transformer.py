@@ -86,9 +86,12 @@ class SpatialTransformer(nn.Module):
 class AttentionBlock(nn.Module):
     """ADM self-attention over pixels; with context_dim, GLIDE's encoder_kv joins the keys/values (Nichol et al. 2021)."""
 
-    def __init__(self, channels: int, *, heads: int, head_dim: int, context_dim: int | None, groups: int = 32):
+    def __init__(self, channels: int, *, heads: int, head_dim: int, context_dim: int | None, groups: int = 32,
+                 context_groups: int | None = None):
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels, eps=1e-5)
+        # DeepFloyd IF: the context group-normed (over its tokens) before the key/value projections
+        self.context_norm = nn.GroupNorm(context_groups, context_dim, eps=1e-5) if context_groups else None
         self.attn = Attention(
             channels,
             heads=heads,
@@ -106,5 +109,7 @@ class AttentionBlock(nn.Module):
         """x (B, C, H, W) -> (B, C, H, W); context (B, L, D) projected into every head's keys/values."""
         b, c, hgt, wid = x.shape
         h = self.norm(x).permute(0, 2, 3, 1).reshape(b, hgt * wid, c)  # (B, HW, C)
+        if self.context_norm is not None and context is not None:
+            context = self.context_norm(context.transpose(1, 2)).transpose(1, 2)  # (B, L, D)
         h = self.attn(h, context=context, mask=context_mask if context is not None else None)  # (B, HW, C)
         return x + h.view(b, hgt, wid, c).permute(0, 3, 1, 2)  # (B, C, H, W)

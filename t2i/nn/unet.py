@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from t2i.nn.embeddings import TimestepMLP, timestep_embedding
-from t2i.nn.resblock import Downsample, ResBlock, Upsample
+from t2i.nn.embeddings import TextTimeEmbedding, TimestepMLP, timestep_embedding
+from t2i.nn.resblock import ACTIVATIONS, Downsample, ResBlock, ResStyle, Upsample
 from t2i.nn.spatial_transformer import AttentionBlock, SpatialTransformer
 
 ATTENTION_BLOCKS = ("transformer", "adm")
@@ -59,6 +59,13 @@ class UNetConfig:
     norm_groups: int = 32
     norm_eps: float = 1e-5
     dropout: float = 0.0
+    # DeepFloyd IF's options (an Imagen-style cascade; Brock et al. 2019 / ADM for the resampling res blocks)
+    act: str = "silu"  # the nonlinearity everywhere: "silu" or "gelu"
+    resblock_updown: bool = False  # resample with a res block that pools / repeats inside (ADM) instead of convs
+    res_out_scale: float = 1.0  # every res block's output divided by this (IF stage II: 1.414)
+    context_in_dim: int | None = None  # tokens arrive this wide; a Linear maps them to context_dim
+    context_norm_groups: int | None = None  # GroupNorm of the context before every "adm" attention's k/v
+    text_pool_heads: int | None = None  # attention-pool the arriving tokens into the time embedding (heads)
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -86,6 +93,12 @@ class UNetConfig:
             bad(f"num_heads per level needs {len(self.block_channels)} entries, got {len(self.num_heads)}")
         if self.pooled_dim is not None and self.num_classes is not None:
             bad("pooled_dim and num_classes are exclusive (one vector is added to the time embedding)")
+        if self.act not in ACTIVATIONS:
+            bad(f"act must be one of {tuple(ACTIVATIONS)}, got {self.act!r}")
+        if self.resblock_updown and self.resample_first:
+            bad("resblock_updown and resample_first are exclusive")
+        if (self.context_in_dim or self.context_norm_groups or self.text_pool_heads) and self.context_dim is None:
+            bad("context_in_dim / context_norm_groups / text_pool_heads need a context_dim")
         if any(c % self.norm_groups for c in self.block_channels):
             bad(f"every block channel count must be divisible by norm_groups={self.norm_groups}")
         for level in set(self.attention_levels) | ({len(self.block_channels) - 1} if self.mid_attention else set()):
@@ -140,6 +153,7 @@ class UNetBlock(nn.Module):
     ):
         super().__init__()
         self.res, self.attn, self.down, self.up = res, attn, down, up
+        self.res_up: ResBlock | None = None  # an upsampling res block after the rest (ADM resblock_updown)
 
     def forward(
         self,
@@ -157,6 +171,8 @@ class UNetBlock(nn.Module):
             h = self.down(h)
         if self.up is not None:
             h = self.up(h, size)
+        if self.res_up is not None:
+            h = self.res_up(h, emb)
         return h
 
 
@@ -226,12 +242,15 @@ class UNetEncoder(nn.Module):
         self.config = cfg = config
         self.gradient_checkpointing = False
         ch0, emb = cfg.block_channels[0], cfg.emb_dim
-        self.time_embed = TimestepMLP(ch0, emb)
+        self.time_embed = TimestepMLP(ch0, emb, cfg.act)
         self.class_embed = nn.Embedding(cfg.num_classes, emb) if cfg.num_classes is not None else None
         self.pooled_proj = None
         if cfg.pooled_dim is not None:
-            self.pooled_proj = TimestepMLP(cfg.pooled_dim, emb) if cfg.pooled_mlp else nn.Linear(cfg.pooled_dim, emb)
-        self.aug_embed = TimestepMLP(ch0, emb) if cfg.aug_level_embed else None
+            self.pooled_proj = TimestepMLP(cfg.pooled_dim, emb, cfg.act) if cfg.pooled_mlp else nn.Linear(cfg.pooled_dim, emb)
+        self.aug_embed = TimestepMLP(ch0, emb, cfg.act) if cfg.aug_level_embed else None
+        tokens = cfg.context_in_dim or cfg.context_dim
+        self.text_pool = TextTimeEmbedding(tokens, emb, cfg.text_pool_heads) if cfg.text_pool_heads else None
+        self.context_proj = nn.Linear(tokens, cfg.context_dim) if cfg.context_in_dim else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -248,7 +267,11 @@ class UNetEncoder(nn.Module):
                 ch = out_ch
                 skips.append(ch)
                 self._skip_after.append(True)
-            if level != last and not cfg.resample_first:
+            if level != last and not cfg.resample_first and cfg.resblock_updown:
+                self.down.append(UNetBlock(self._res(ch, ch, "down")))  # ADM resblock_updown
+                skips.append(ch)
+                self._skip_after.append(True)
+            elif level != last and not cfg.resample_first:
                 self.down.append(UNetBlock(down=Downsample(ch)))
                 skips.append(ch)
                 self._skip_after.append(True)
@@ -270,11 +293,10 @@ class UNetEncoder(nn.Module):
         """The state-dict entries of the encoder half, under the same keys a standalone UNetEncoder has."""
         return {k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] in self._encoder_parts}
 
-    def _res(self, in_ch: int, out_ch: int) -> ResBlock:
+    def _res(self, in_ch: int, out_ch: int, resample: str | None = None) -> ResBlock:
         c = self.config
-        return ResBlock(
-            in_ch, out_ch, c.emb_dim, groups=c.norm_groups, eps=c.norm_eps, scale_shift=c.scale_shift, dropout=c.dropout
-        )
+        return ResBlock(in_ch, out_ch, c.emb_dim, groups=c.norm_groups, eps=c.norm_eps, scale_shift=c.scale_shift,
+                        dropout=c.dropout, style=ResStyle(c.act, resample, c.res_out_scale))
 
     def _attn(self, level: int, ch: int) -> nn.Module | None:
         c = self.config
@@ -286,7 +308,8 @@ class UNetEncoder(nn.Module):
         c = self.config
         heads, head_dim = c.heads_at(level)
         if c.attention_block == "adm":
-            return AttentionBlock(ch, heads=heads, head_dim=head_dim, context_dim=c.context_dim, groups=c.norm_groups)
+            return AttentionBlock(ch, heads=heads, head_dim=head_dim, context_dim=c.context_dim, groups=c.norm_groups,
+                                  context_groups=c.context_norm_groups)
         return SpatialTransformer(
             ch, heads=heads, head_dim=head_dim, context_dim=c.context_dim, depth=c.transformer_depth, groups=c.norm_groups
         )
@@ -346,8 +369,9 @@ class UNetEncoder(nn.Module):
             raise ValueError("UNet: got `context` but the model has no context_dim")
         if cfg.context_dim is not None and context is None and self._has_attention():
             raise ValueError(f"UNet: this model attends to a token context (B, L, {cfg.context_dim}); pass context=")
-        if context is not None and (context.ndim != 3 or context.shape[-1] != cfg.context_dim):
-            raise ValueError(f"UNet: context must be (B, L, {cfg.context_dim}), got {tuple(context.shape)}")
+        width = cfg.context_in_dim or cfg.context_dim
+        if context is not None and (context.ndim != 3 or context.shape[-1] != width):
+            raise ValueError(f"UNet: context must be (B, L, {width}), got {tuple(context.shape)}")
 
     def _has_attention(self) -> bool:
         return bool(self.config.attention_levels) or self.config.mid_attention
@@ -367,6 +391,9 @@ class UNetEncoder(nn.Module):
         self._check(x, context)
         context_mask = _bool_mask(context_mask)
         emb = self._embed(t, x.shape[0], pooled, x.device, aug_level)  # (B, E)
+        if self.text_pool is not None and context is not None:
+            emb = emb + self.text_pool(context.to(emb.dtype))  # (B, E); IF's pooled text
+        context = self._project(context)  # (B, L, context_dim)
         h = self.conv_in(x)  # (B, C0, H, W)
         if hint is not None:
             if hint.shape != h.shape:
@@ -380,6 +407,12 @@ class UNetEncoder(nn.Module):
                 skips.append(h)
         h = self._call(self.mid, h, emb, context, context_mask)  # (B, C_last, H', W')
         return EncoderOutput(skips, h, emb)
+
+    def _project(self, context: torch.Tensor | None) -> torch.Tensor | None:
+        """Arriving tokens mapped to context_dim where the model has context_in_dim (IF's text projection)."""
+        if self.context_proj is None or context is None:
+            return context
+        return self.context_proj(context.to(self.context_proj.weight.dtype))  # (B, L, context_dim)
 
     forward = encode  # calling a standalone encoder encodes; UNet overrides forward with the whole network
 
@@ -397,8 +430,11 @@ class UNet(UNetEncoder):
             out_ch = cfg.block_channels[level]
             n = cfg.res_blocks_at(level) + (0 if cfg.resample_first else 1)  # ADM: one more on the way up
             for i in range(n):  # Imagen's UBlock upsamples after its convolutions, at every level
-                up = Upsample(out_ch) if i == n - 1 and (level != 0 or cfg.resample_first) else None
+                resample = i == n - 1 and (level != 0 or cfg.resample_first)
+                up = Upsample(out_ch) if resample and not cfg.resblock_updown else None
                 self.up.append(UNetBlock(self._res(ch + skips.pop(), out_ch), self._attn(level, out_ch), up=up))
+                if resample and cfg.resblock_updown:
+                    self.up[-1].res_up = self._res(out_ch, out_ch, "up")
                 ch = out_ch
 
         self.norm_out = nn.GroupNorm(cfg.norm_groups, ch, eps=cfg.norm_eps)
@@ -425,6 +461,7 @@ class UNet(UNetEncoder):
         context_mask = _bool_mask(context_mask)
         enc = self.encode(x, t, context=context, context_mask=context_mask, pooled=pooled, aug_level=aug_level)
         skips, h, emb = enc.skips, enc.mid, enc.emb
+        context = self._project(context)  # (B, L, context_dim)
         if control is not None:
             skips, h = _add_control(ControlResiduals.coerce(control), skips, h)
         scale = self.config.skip_scale
@@ -433,7 +470,7 @@ class UNet(UNetEncoder):
             h = torch.cat([h, skip * scale if scale != 1 else skip], dim=1)  # (B, C + C_skip, H, W); Imagen: 2^-0.5
             size = tuple(skips[-1].shape[-2:]) if skips else tuple(x.shape[-2:])  # where an upsample goes
             h = self._call(block, h, emb, context, context_mask, size)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
+        return self.conv_out(ACTIVATIONS[self.config.act](self.norm_out(h)))  # (B, C_out, H, W)
 
 
 def _add_control(
