@@ -184,10 +184,10 @@ def test_training_options_train_and_load_as_a_cascade(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["diffusion.inpaint=true"], r"in_channels = 3: must be 7 \(3 image \+ 4 mask \+ masked image"),
+    (["diffusion.inpaint=true"], r"in_channels = 3: must be 7 \(3 image \+ 4 mask \+ erased image"),
     (["diffusion.lowres_size=8"], r"in_channels = 3: must be 6 \(3 image \+ 3 low-res"),
     (["diffusion.lowres_size=16", "diffusion.net.in_channels=6"], "lowres_size = 16: must be smaller"),
-    (["diffusion.inpaint=true", "diffusion.first_stage='x'"], "are for pixel stages"),
+    (["diffusion.crop_size=8", "diffusion.first_stage='x'"], "are for pixel stages"),
 ])
 def test_recipes_with_misfit_channels_are_named(tmp_path, overrides, message):
     with pytest.raises(RecipeError, match=message):
@@ -198,5 +198,28 @@ def test_recipes_with_misfit_channels_are_named(tmp_path, overrides, message):
                                         ("shapes_glide_inpaint", 4), ("tiny_glide_upsampler", 3)])
 def test_glide_recipes_parse_and_their_channels_fit(name, extra):
     o = load_recipe(name).options
-    assert o.extra_channels == extra and o.net["in_channels"] == 3 + extra and o.pooled
+    assert o.extra_channels() == extra and o.net["in_channels"] == 3 + extra and o.pooled
     assert o.net["attention_block"] == "adm" and o.net["context_dim"] == o.net["pooled_dim"] == o.text["width"]
+
+
+def test_object_masks_erase_a_named_objects_box(tmp_path):
+    """object_masks = 1: every sample with a scene erases a box around one of its objects and is captioned by
+    that object's name alone; samples without scene objects keep a random mask and their caption."""
+    from t2i.train.rng import SampleRNG
+
+    recipe = load_recipe("tiny_glide", SMALL + ["diffusion.inpaint=true", "diffusion.net.in_channels=7",
+                                                "diffusion.object_masks=1.0"])
+    trainer = Trainer(recipe, tmp_path / "run", progress=False, log=lambda m: None)
+    assert trainer.run().loss > 0  # the ShapesWorld batches carry their scenes' objects
+    orange = {"shape": "star", "color": "orange", "r": 0.1, "center": [0.25, 0.5]}
+    batch = {"caption": ["two things", "no scene"], "objects": [[orange], []], "image": torch.zeros(2, 3, 16, 16)}
+    rng = SampleRNG([5, 6])
+    captions, boxes = trainer.stage.object_targets(batch, rng)
+    assert captions == ["an orange star", "no scene"] and boxes[1] is None
+    x0, x1 = boxes[0][0], boxes[0][2]
+    assert 0.25 - 0.18 - 1e-9 <= x0 <= 0.25 - 0.12 + 1e-9 and abs((x0 + x1) / 2 - 0.25) < 1e-9
+    _, extra = trainer.stage.image_conditioning(batch["image"], SampleRNG([7, 8]), boxes=boxes)
+    ys, xs = torch.nonzero(extra[0, 0], as_tuple=True)
+    assert xs.min() == round(x0 * 16) and xs.max() == round(x1 * 16) - 1 and ys.min() == round(boxes[0][1] * 16)
+    with pytest.raises(RecipeError, match="object_masks = 2"):
+        load_recipe("tiny_glide", ["diffusion.object_masks=2"])

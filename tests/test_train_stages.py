@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -117,3 +118,68 @@ def test_a_run_continues_from_a_system_folder(tmp_path):
     with pytest.raises(RecipeError, match="init_from = 'nowhere'"):
         Trainer(load_recipe("tiny_latent", [f"diffusion.first_stage='{folder}'", "diffusion.init_from='nowhere'"]),
                 tmp_path / "bad", progress=False, log=lambda m: None).setup()
+
+
+def test_an_inpainting_unet_starts_from_a_text_to_image_system(tmp_path):
+    """Stable Diffusion's inpainting recipe over latents: the UNet takes the mask (resized to the latents) and
+    the erased image's latents as 5 more input channels, zero-initialised, so it starts as the system's UNet;
+    the text encoder stays frozen (the inpainting UNet shares it), and the run exports as an inpainting LDM."""
+    from t2i.api import system_from_training_run
+    from t2i.train.rng import SampleRNG
+
+    Trainer(load_recipe("tiny_autoencoder", SMALL + ["autoencoder.num_samples=2"]), tmp_path / "ae",
+            progress=False, log=lambda m: None).run()
+    Trainer(load_recipe("tiny_latent", SMALL + [f"diffusion.first_stage='{tmp_path / 'ae'}'"]), tmp_path / "ldm",
+            progress=False, log=lambda m: None).run()
+    base = system_from_training_run(tmp_path / "ldm")
+    folder = base.save(tmp_path / "system")
+    recipe = load_recipe("tiny_latent", SMALL + [f"diffusion.init_from='{folder}'", f"diffusion.first_stage='{folder}'",
+                                                 "diffusion.inpaint=true", "diffusion.freeze_text=true",
+                                                 "diffusion.net.in_channels=9", "diffusion.num_samples=2"])
+    trainer = Trainer(recipe, tmp_path / "inpaint", progress=False, log=lambda m: None)
+    trainer.setup()
+    stage = trainer.stage
+    w = stage.model["net"].conv_in.weight
+    assert torch.equal(w[:, :4], base.unet.conv_in.weight) and not w[:, 4:].any()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    cond = stage.encode_text(["a red circle", ""])
+    with torch.no_grad():  # any mask and erased image: the same output as the text-to-image UNet at the start
+        same = stage.model["net"](torch.cat([x, torch.randn(2, 5, 8, 8)], 1), t, **cond)
+        torch.testing.assert_close(same, base.unet(x, t, **cond), rtol=0, atol=1e-6)
+    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
+    _, extra = stage.image_conditioning(stage.encode_images(pixels, None), SampleRNG([1, 2]), pixels=pixels)
+    mask = extra[:, :1]
+    assert extra.shape == (2, 5, 8, 8) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    erased = torch.stack([random_mask_at(1, 16), random_mask_at(2, 16)])  # the masks drawn at pixel size
+    torch.testing.assert_close(mask, torch.nn.functional.interpolate(erased, size=(8, 8)))
+    torch.testing.assert_close(extra[:, 1:], stage.encode_images(pixels * (1 - erased), None))
+
+    text = {k: v.clone() for k, v in stage.model["text"].state_dict().items()}
+    trainer.run()
+    assert all(torch.equal(v, text[k]) for k, v in trainer.stage.model["text"].state_dict().items())
+    system = system_from_training_run(tmp_path / "inpaint")
+    assert system.config.inpainting and system.capabilities == frozenset({"inpaint"})
+
+    # shipped beside the text-to-image UNet: a mask picks the twin, whose output there equals the twin's own system
+    from t2i.api import add_inpainting, with_inpainting
+
+    from t2i.systems import LDM
+
+    both = LDM.load(add_inpainting(folder, tmp_path / "inpaint", tmp_path / "both"))
+    assert both.config.inpaint_unet and both.capabilities == frozenset({"txt2img", "img2img", "inpaint"})
+    image, mask = Image.new("RGB", (16, 16), (200, 30, 30)), Image.new("L", (16, 16), 0)
+    mask.paste(255, (4, 4, 12, 12))
+    pixels = lambda images: [np.asarray(i) for i in images]  # noqa: E731
+    kw = dict(image=image, mask=mask, seed=3, steps=2)
+    assert np.array_equal(pixels(both.generate("a blue square", **kw)), pixels(system.generate("a blue square", **kw)))
+    assert np.array_equal(pixels(both.generate("a blue square", seed=3, steps=2)),
+                          pixels(base.generate("a blue square", seed=3, steps=2)))
+    with pytest.raises(ValueError, match="not an inpainting twin"):
+        with_inpainting(base, base)
+
+
+def random_mask_at(seed: int, size: int) -> torch.Tensor:
+    from t2i.train.rng import SampleRNG
+    from t2i.train.stages.diffusion import random_mask
+
+    return random_mask(SampleRNG([seed]).generators[0], size)

@@ -6,7 +6,6 @@ Composition only: the math is `t2i.diffusion`, the networks `t2i.nn`, the encode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2i.config import Config
-from t2i.diffusion.config import SamplingConfig, ScheduleConfig
+from t2i.diffusion.config import SamplingConfig
 from t2i.diffusion.samplers import randn
 from t2i.encoders.registry import TextConfig, build_text_encoder
 from t2i.nn.autoencoder import AutoencoderConfig, AutoencoderKL
 from t2i.nn.unet import UNet, UNetConfig
+from t2i.systems.ldm_config import LDMConfig
 from t2i.systems.base import (load_parts, load_text_encoder, read_system, save_parts, save_text_encoder,
                               write_system_json)
 from t2i.systems.request import GenerationRequest
@@ -29,44 +28,16 @@ from t2i.systems.system import SystemBase, register
 FORMAT = 1  # version of the t2i system folder layout written by `save`
 
 
-@dataclass(frozen=True)
-class LDMConfig(Config):
-    """Everything that defines an LDM system besides its weights and tokenizer."""
-
-    unet: UNetConfig = UNetConfig()
-    autoencoder: AutoencoderConfig = AutoencoderConfig()
-    text: TextConfig = TextConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    prediction: str = "eps"  # eps | v | x0
-    sampling: SamplingConfig = SamplingConfig()
-    sample_size: int = 512  # default image side in pixels
-
-    def __post_init__(self) -> None:
-        lat = self.autoencoder.latent_channels
-        if self.unet.out_channels != lat or self.unet.in_channels not in (lat, 2 * lat + 1):
-            raise ValueError(f"a UNet with {self.unet.in_channels} -> {self.unet.out_channels} channels does not fit "
-                             f"{lat}-channel latents (in: {lat}, or {2 * lat + 1} for inpainting; out: {lat})")
-
-    @property
-    def inpainting(self) -> bool:
-        """The UNet takes the mask and the masked image's latents as extra input channels."""
-        return self.unet.in_channels == 2 * self.autoencoder.latent_channels + 1
-
-    @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this: the VAE's factor times the UNet's downsampling."""
-        return self.autoencoder.downscale * 2 ** (len(self.unet.block_channels) - 1)
-
-
 @register("ldm")
 class LDM(SystemBase):
     """A latent text-to-image diffusion system, one stage then the VAE decoder: `generate(prompt, ...)`."""
 
     def __init__(self, config: LDMConfig, unet: UNet, autoencoder: AutoencoderKL, text_encoder: nn.Module,
-                 name: str = "ldm"):
+                 name: str = "ldm", inpaint_unet: UNet | None = None):
         super().__init__()
         self.config, self.name = config, name
         self.unet, self.autoencoder, self.text_encoder = unet, autoencoder, text_encoder
+        self.inpaint_unet = inpaint_unet  # Stable Diffusion's inpainting model beside the text-to-image one
         self.schedule = config.schedule.build()
 
     @classmethod
@@ -114,29 +85,31 @@ class LDM(SystemBase):
         self.check_size(width, height, cfg.size_multiple)
         device, dtype = self.device, next(self.unet.parameters()).dtype
         cond, uncond = text_conditions(cfg.text, self.text_encoder, r, guidance > 1)
-        net, cond, uncond = network(self.unet, cond, uncond, (width, height)) if network else (self.unet, cond, uncond)
+        unet = self.inpaint_unet if r.mask is not None and self.inpaint_unet is not None else self.unet
+        inpainting = cfg.inpainting or unet is self.inpaint_unet
+        net, cond, uncond = network(unet, cond, uncond, (width, height)) if network else (unet, cond, uncond)
         shape = (len(r.batch), cfg.autoencoder.latent_channels, height // cfg.autoencoder.downscale,
                  width // cfg.autoencoder.downscale)
         pixels, keep = (None if t is None else t.to(device, dtype) for t in (r.pixels((width, height)),
                                                                               r.repaint((width, height))))
         latents = None
-        if pixels is not None and (keep is None or not cfg.inpainting or r.strength < 1):
+        if pixels is not None and (keep is None or not inpainting or r.strength < 1):
             latents = self.encode_image(pixels, generator).expand(shape)  # one draw, shared by the batch
         noise = randn(shape, torch.empty((), device=device, dtype=dtype), generator)
         small = None if keep is None else F.interpolate(keep, size=shape[2:])  # (1, 1, h, w) the mask on latents
         # an inpainting model takes the mask and the masked image's latents as extra channels; others blend
-        concat = [small, self.encode_image(pixels * (keep < 0.5), generator)] if cfg.inpainting else []
+        concat = [small, self.encode_image(pixels * (keep < 0.5), generator)] if inpainting else []
         denoiser = stage_denoiser(net, self.schedule, cfg.prediction,
                                   Guidance(guidance, uncond, threshold=default_threshold(settings, r.threshold)), concat)
         run = StageRun(shape, settings, cond, r.strength if r.image is not None else 1.0,
                        init=None if latents is None or (keep is not None and r.strength == 1) else latents,
-                       known=latents, repaint=None if cfg.inpainting else small, noise=noise,
+                       known=latents, repaint=None if inpainting else small, noise=noise,
                        progress=progress, device=device, dtype=dtype)
         return self.decode(sample_stage(denoiser, run, generator)).float().cpu()
 
     def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write the t2i folder: system.json, a safetensors file per part (cast to `dtype` when given), the tokenizer."""
-        folder = save_parts(Path(folder), {"unet": self.unet, "autoencoder": self.autoencoder}, dtype)
+        folder = save_parts(Path(folder), self.parts(), dtype)
         save_text_encoder(self.config.text, self.text_encoder, folder, dtype)
         write_system_json(folder, "ldm", FORMAT, self.name, self.config)
         return folder
@@ -144,7 +117,12 @@ class LDM(SystemBase):
     @classmethod
     def load(cls, folder: str | Path, name: str | None = None) -> "LDM":
         config, saved_name = read_system(folder := Path(folder), "ldm", FORMAT, LDMConfig)
-        system = cls(config, UNet(config.unet), AutoencoderKL(config.autoencoder),
-                     load_text_encoder(config.text, folder), name or saved_name)
-        load_parts(folder, {"unet": system.unet, "autoencoder": system.autoencoder})
+        system = cls(config, UNet(config.unet), AutoencoderKL(config.autoencoder), load_text_encoder(config.text, folder),
+                     name or saved_name, UNet(config.inpainting_twin()) if config.inpaint_unet else None)
+        load_parts(folder, system.parts())
         return system.eval()
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The modules saved one file each (the text encoder goes its own way)."""
+        twin = {} if self.inpaint_unet is None else {"inpaint_unet": self.inpaint_unet}
+        return {"unet": self.unet, "autoencoder": self.autoencoder, **twin}

@@ -97,11 +97,12 @@ class ShardedBatches:
 
 
 def collate_batch(items: list[tuple[torch.Tensor, str, dict]]) -> dict[str, Any]:
-    """(image, caption, meta) items -> {"image": (B, 3, H, W), "caption": [str]}."""
+    """(image, caption, meta) items -> {"image": (B, 3, H, W), "caption": [str], "objects": [[object dict]]}
+    (each scene's objects, as `Obj.to_dict` gives them; empty lists for datasets without scenes)."""
     from t2i.data.transforms import collate
 
-    images, captions, _ = collate(items)
-    return {"image": images, "caption": captions}
+    images, captions, metas = collate(items)
+    return {"image": images, "caption": captions, "objects": [m.get("scene", {}).get("objects", []) for m in metas]}
 
 
 def batch_stream(dataset: Dataset, batches: ShardedBatches, num_workers: int) -> Iterator[dict[str, Any]]:

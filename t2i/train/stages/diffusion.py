@@ -5,10 +5,11 @@ with `diffusion_loss`. Captions go through a jointly trained text encoder into
 cond = {"context": tokens, "context_mask": mask} (+ "pooled"), and are dropped to "" with
 probability p_uncond so classifier-free guidance works at sampling time (Ho & Salimans 2022).
 
-Cascade and inpainting stages (pixels only) take image conditioning as extra input channels,
-cond["concat"], through the `ConcatInputs` network wrapper: `lowres_size` trains a super-resolution
-stage on the noise-augmented low-res image (optionally on random `crop_size` crops, as GLIDE's
-upsampler), `inpaint` erases random regions and passes the mask and masked image (GLIDE sec. 3.2).
+Cascade and inpainting stages take image conditioning as extra input channels, cond["concat"],
+through the `ConcatInputs` network wrapper: `lowres_size` trains a super-resolution stage (pixels) on
+the noise-augmented low-res image (optionally on random `crop_size` crops, as GLIDE's upsampler);
+`inpaint` erases random regions and passes the mask and the erased image (GLIDE sec. 3.2), or over
+latents the mask resized to them and the erased image's latents (Stable Diffusion's inpainting model).
 A network with `aug_level_embed` is also given each sample's augmentation level as `aug_level` (Imagen).
 """
 
@@ -62,7 +63,9 @@ class DiffusionOptions(TableConfig):
     lowres_noise: float = 0.5  # its noise augmentation: a level drawn per sample from U[0, this] (fraction of T);
     # a UNet with aug_level_embed is told the level (Imagen), others must cope with it unknown (GLIDE, CDM sec. 4.3)
     crop_size: int = 0  # > 0: train on random crops of this size (GLIDE's upsampler); samples stay full size
-    inpaint: bool = False  # erase random regions; the mask and the masked image enter as +4 channels
+    inpaint: bool = False  # erase random regions; the mask and the erased image enter as 1 + C extra channels
+    object_masks: float = 0.0  # inpaint: this fraction of samples erase one object's box, captioned by its name alone
+    freeze_text: bool = False  # keep the text encoder as init_from gave it (an inpainting UNet shares its system's)
 
     def check(self) -> None:
         from t2i.diffusion import PREDICTIONS, SAMPLERS, WEIGHTINGS
@@ -77,8 +80,9 @@ class DiffusionOptions(TableConfig):
         for key in ("timesteps", "sample_steps", "num_samples"):
             if getattr(self, key) < 1:
                 raise bad(key, getattr(self, key), "must be at least 1")
-        if not 0 <= self.p_uncond <= 1:
-            raise bad("p_uncond", self.p_uncond, "must be in [0, 1]")
+        for key in ("p_uncond", "object_masks"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise bad(key, getattr(self, key), "must be in [0, 1]")
         if self.gamma <= 0:
             raise bad("gamma", self.gamma, "must be > 0")
         if self.latent_scale < 0:
@@ -88,8 +92,8 @@ class DiffusionOptions(TableConfig):
                 raise bad(key, getattr(self, key), "must be >= 0 (0: off)")
         if not 0 <= self.lowres_noise <= 1:
             raise bad("lowres_noise", self.lowres_noise, "must be in [0, 1] (a fraction of the timesteps)")
-        if self.first_stage and (self.lowres_size or self.inpaint or self.crop_size):
-            raise bad("first_stage", self.first_stage, "lowres_size, crop_size and inpaint are for pixel stages")
+        if self.first_stage and (self.lowres_size or self.crop_size):
+            raise bad("first_stage", self.first_stage, "lowres_size and crop_size are for pixel stages")
         kinds = [k for k, kind in TEXT_ENCODERS.items() if not kind.needs_tokenizer] + ["none"]
         if self.text_encoder not in kinds:
             raise bad("text_encoder", self.text_encoder, f"must be one of {', '.join(kinds)}")
@@ -109,9 +113,14 @@ class DiffusionOptions(TableConfig):
         return TextConfig(kind=self.text_encoder, encoder=self.text, context_mask=True, pooled=self.pooled)
 
     @property
-    def extra_channels(self) -> int:
-        """Channels concatenated to the network's input: low-res image (3), mask + masked image (4)."""
-        return 3 * bool(self.lowres_size) + 4 * self.inpaint
+    def has_extra_inputs(self) -> bool:
+        """Image conditioning enters the network as extra input channels (`ConcatInputs`)."""
+        return bool(self.lowres_size) or self.inpaint
+
+    def extra_channels(self, channels: int = 3) -> int:
+        """Channels concatenated to the input of a network over `channels`-channel samples: low-res image (3),
+        mask + erased image (1 + channels)."""
+        return 3 * bool(self.lowres_size) + (1 + channels) * self.inpaint
 
 
 # --- text encoders ---------------------------------------------------------------------------------
@@ -199,9 +208,23 @@ def init_from_system(model: nn.ModuleDict, name_or_path: str) -> None:
     for key, (part, file) in parts.items():  # a system folder keeps the text encoder's transformer alone
         if key in model and ((folder / file).is_file() or index_path(folder / file).is_file()):
             try:
-                load_into(part(model[key]), load_sharded(folder / file), where=str(folder / file))
+                state = widen_inputs(load_sharded(folder / file), part(model[key]).state_dict())
+                load_into(part(model[key]), state, where=str(folder / file))
             except ValueError as e:
                 raise RecipeError(f"[diffusion] init_from = '{name_or_path}': {e}") from None
+
+
+def widen_inputs(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convolutions that take more input channels here than in `state` (an inpainting UNet started from a
+    text-to-image one) get the saved weights for the first channels and zeros for the new ones, so the
+    network starts as the one it came from (Stable Diffusion's inpainting model, Rombach et al. 2022)."""
+    out = dict(state)
+    for k, v in state.items():
+        w = own.get(k)
+        if w is not None and w.ndim == 4 == v.ndim and w.shape[1] > v.shape[1] and w.shape[::2] == v.shape[::2] \
+                and w.shape[2:] == v.shape[2:]:
+            out[k] = torch.cat([v, v.new_zeros((v.shape[0], w.shape[1] - v.shape[1], *v.shape[2:]))], dim=1)
+    return out
 
 
 def system_tokenizer(name_or_path: str) -> str | None:
@@ -236,6 +259,14 @@ def random_mask(generator: torch.Generator, size: int) -> torch.Tensor:
     return mask[None]
 
 
+def box_mask(box: tuple[float, float, float, float], size: int) -> torch.Tensor:
+    """A (1, size, size) mask, 1 inside the box (x0, y0, x1, y1) given as fractions of the side."""
+    x0, y0, x1, y1 = (min(max(round(v * size), 0), size) for v in box)
+    mask = torch.zeros(1, size, size)
+    mask[:, y0:y1, x0:x1] = 1
+    return mask
+
+
 # --- the stage -------------------------------------------------------------------------------------
 
 
@@ -257,14 +288,17 @@ class DiffusionStage:
         self.model = nn.ModuleDict(modules)
         if options.init_from:
             init_from_system(self.model, options.init_from)
+        if options.freeze_text and encoder is not None:
+            encoder.requires_grad_(False)
         self.model = self.model.to(device)
         schedule = options.schedule_config.build()
-        net = ConcatInputs(self.model["net"]) if options.extra_channels else self.model["net"]
+        net = ConcatInputs(self.model["net"]) if options.has_extra_inputs else self.model["net"]
         self.denoiser = DiscreteDenoiser(net, schedule, options.prediction)
         self.prompts = prompts
-        self.examples = examples if options.extra_channels else None  # the grid's low-res / masked inputs
+        self.examples = examples if options.has_extra_inputs else None  # the grid's low-res / masked inputs
         with torch.no_grad():
             self.sample_shape = tuple(self.encode_images(examples[:1].to(device), None).shape[1:])
+        self.extra_channels = options.extra_channels(self.sample_shape[0])
         self._check_image_options()
         self._probe()
 
@@ -275,11 +309,11 @@ class DiffusionStage:
             if getattr(o, key) >= size:
                 problem = bad(key, getattr(o, key), f"must be smaller than the {size} px images")
                 raise RecipeError(f"[diffusion] {problem}")
-        want = self.sample_shape[0] + o.extra_channels
+        want = self.sample_shape[0] + self.extra_channels
         got = getattr(getattr(self.model["net"], "config", None), "in_channels", want)
         if got != want:
             parts = [f"{self.sample_shape[0]} image"] + (["3 low-res (lowres_size)"] if o.lowres_size else []) + (
-                ["4 mask + masked image (inpaint)"] if o.inpaint else [])
+                [f"{1 + self.sample_shape[0]} mask + erased image (inpaint)"] if o.inpaint else [])
             raise RecipeError(f"[diffusion.net] in_channels = {got}: must be {want} ({' + '.join(parts)} channels)")
 
     @classmethod
@@ -300,8 +334,8 @@ class DiffusionStage:
         """Run the network once on one sample so a misfit (channels, context width) is a clear error."""
         x = torch.zeros((1, *self.sample_shape), device=self.device)
         cond = self.encode_text([""])
-        if self.options.extra_channels:
-            cond["concat"] = x.new_zeros((1, self.options.extra_channels, *self.sample_shape[1:]))
+        if self.options.has_extra_inputs:
+            cond["concat"] = x.new_zeros((1, self.extra_channels, *self.sample_shape[1:]))
             cond.update(self.aug_level(torch.zeros(1) if self.options.lowres_size else None))
         try:
             with torch.no_grad():
@@ -335,13 +369,15 @@ class DiffusionStage:
         from t2i.diffusion import diffusion_loss
 
         keep = rng.rand() >= self.options.p_uncond  # (B,) bool: drop to "" otherwise
-        captions = [c if k else "" for c, k in zip(batch["caption"], keep.tolist())]
+        captions, boxes = self.object_targets(batch, rng) if self.options.object_masks else (batch["caption"], None)
+        captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
         sigma = rng.each(lambda g: self.denoiser.sample_training_sigmas(1, g)).to(self.device)  # (B,)
-        x0 = self.encode_images(batch["image"].to(self.device), rng)
+        pixels = batch["image"].to(self.device)
+        x0 = self.encode_images(pixels, rng)
         cond = self.encode_text(captions)
-        if self.options.extra_channels:  # drawn after the draws above, so other recipes draw as before
+        if self.options.has_extra_inputs:  # drawn after the draws above, so other recipes draw as before
             t = self.lowres_level(rng) if self.options.lowres_size else None  # the first draw, as before
-            x0, cond["concat"] = self.image_conditioning(x0, rng, t)
+            x0, cond["concat"] = self.image_conditioning(x0, rng, t, None if self.first_stage is None else pixels, boxes)
             cond.update(self.aug_level(t))
         noise = rng.randn(tuple(x0.shape[1:])).to(self.device)  # (B, C, H, W)
         loss = diffusion_loss(self.denoiser, x0, cond, weighting=self.options.weighting,
@@ -357,12 +393,14 @@ class DiffusionStage:
         embeds = getattr(getattr(self.model["net"], "config", None), "aug_level_embed", False)
         return {"aug_level": t.to(self.device)} if embeds and t is not None else {}
 
-    def image_conditioning(self, images: torch.Tensor, rng: SampleRNG,
-                           t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training images (B, 3, H, W) -> (target, extra channels): the low-res image noise-augmented at
+    def image_conditioning(self, images: torch.Tensor, rng: SampleRNG, t: torch.Tensor | None = None,
+                           pixels: torch.Tensor | None = None, boxes: list | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training images (B, C, H, W) -> (target, extra channels): the low-res image noise-augmented at
         levels t (B,) (drawn by `lowres_level` when None), then the same random crop of both, then random
-        regions erased for inpainting."""
-        from t2i.diffusion.conditioning import inpaint_condition, lowres_condition
+        regions erased for inpainting (in `pixels`, the latents' images, when the stage is over latents), or
+        the sample's box (x0, y0, x1, y1) in fractions where `boxes` has one (`object_targets`)."""
+        from t2i.diffusion.conditioning import lowres_condition
 
         o, (b, _, h, w) = self.options, images.shape
         parts = []
@@ -377,14 +415,42 @@ class DiffusionStage:
             crop = lambda x: torch.stack([x[i, :, y:y + c, z:z + c] for i, (y, z) in enumerate(corners.tolist())])
             images, parts = crop(images), [crop(p) for p in parts]
         if o.inpaint:
-            mask = torch.stack([random_mask(g, images.shape[-1]) for g in rng.generators]).to(images)  # (B, 1, H, W)
-            parts.append(inpaint_condition(images, mask))
+            source = images if pixels is None else pixels
+            boxes = boxes or [None] * len(rng)
+            mask = torch.stack([random_mask(g, source.shape[-1]) if box is None else box_mask(box, source.shape[-1])
+                                for g, box in zip(rng.generators, boxes)]).to(source)  # (B, 1, H, W)
+            parts.append(self.inpaint_inputs(source, mask))
         return images, torch.cat(parts, dim=1)
+
+    def object_targets(self, batch: dict[str, Any], rng: SampleRNG) -> tuple[list[str], list]:
+        """Edits as users ask them (GLIDE sec. 4): with probability `object_masks` a sample erases a box around
+        one of its scene's objects (1.2-1.8 radii from its centre) and is captioned by that object alone
+        ("a red circle"); the others keep a random mask and their caption. -> (captions, boxes or None)."""
+        pick, which, scale = rng.rand(), rng.rand(), rng.rand()  # (B,) each
+        captions, boxes = list(batch["caption"]), [None] * len(batch["caption"])
+        for i, objects in enumerate(batch.get("objects") or [[]] * len(captions)):
+            if objects and pick[i] < self.options.object_masks:
+                o = objects[int(which[i] * len(objects))]
+                (x, y), h = o["center"], (1.2 + 0.6 * float(scale[i])) * o["r"]
+                boxes[i] = (x - h, y - h, x + h, y + h)
+                captions[i] = f"{'an' if o['color'][0] in 'aeiou' else 'a'} {o['color']} {o['shape']}"
+        return captions, boxes
+
+    def inpaint_inputs(self, pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """An inpainting network's extra channels from pixels (B, 3, H, W) and a mask (B, 1, H, W), 1 = repaint:
+        the mask and the erased image (GLIDE sec. 3.2), or over latents the mask resized to them (nearest) and
+        the erased image's latents, as `LDM.run` builds them (Stable Diffusion's inpainting model)."""
+        from t2i.diffusion.conditioning import inpaint_condition
+
+        if self.first_stage is None:
+            return inpaint_condition(pixels, mask)
+        latents = self.encode_images(pixels * (1 - mask), None)
+        return torch.cat([F.interpolate(mask, size=latents.shape[-2:]), latents], dim=1)
 
     def grid_conditioning(self, n: int) -> torch.Tensor:
         """Extra channels for n grid samples from the first examples: their low-res image at the
         lowest augmentation level, and/or the centre square erased."""
-        from t2i.diffusion.conditioning import inpaint_condition, lowres_condition
+        from t2i.diffusion.conditioning import lowres_condition
 
         o = self.options
         images = self.examples[torch.arange(n) % len(self.examples)].to(self.device)  # (n, 3, H, W)
@@ -396,7 +462,7 @@ class DiffusionStage:
         if o.inpaint:
             mask = torch.zeros((n, 1, *size), device=self.device)
             mask[..., size[0] // 4:3 * size[0] // 4, size[1] // 4:3 * size[1] // 4] = 1
-            parts.append(inpaint_condition(images, mask))
+            parts.append(self.inpaint_inputs(images, mask))
         return torch.cat(parts, dim=1)
 
     @torch.no_grad()
@@ -411,7 +477,7 @@ class DiffusionStage:
         scale = o.guidance if guidance is None else guidance
         uncond = self.encode_text([""] * len(prompts)) if cond and scale != 1.0 else None
         extra = None  # the grid's low-res images at the lowest augmentation level
-        if o.extra_channels:
+        if o.has_extra_inputs:
             level = torch.zeros(len(prompts)) if o.lowres_size else None
             extra = {"concat": self.grid_conditioning(len(prompts)), **self.aug_level(level)}
         den = guided(self.denoiser, Guidance(scale, uncond), extra)
