@@ -117,3 +117,24 @@ def test_linspace_and_karras_sigmas_match_euler():
     scheduler.set_timesteps(30)
     torch.testing.assert_close(karras_sigmas(30, schedule.sigma_min, schedule.sigma_max),
                                scheduler.sigmas.double(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_ddim_clip_sample_matches_diffusers(eta):
+    """DDIMScheduler(clip_sample=True) clips x0 but keeps the network's eps in the direction term: t2i's DDIM
+    over a clipping denoiser with model_eps (what sampling_from_scheduler sets) equals it; without, it does not."""
+    from t2i.diffusion.guidance import StaticThreshold
+
+    scheduler = diffusers.DDIMScheduler(**SD_CONFIG, clip_sample=True, clip_sample_range=0.5, set_alpha_to_one=False)
+    scheduler.set_timesteps(STEPS)
+    schedule = DiscreteSchedule(scheduler.alphas_cumprod.double())
+    net = GaussianEpsNet(schedule, mean=0.3, std=0.6)
+    sigmas = torch.cat([schedule.t_to_sigma(scheduler.timesteps.double()), schedule.sigmas[:1]])
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theirs = _run_diffusers(scheduler, net, x_T.clone(), torch.Generator().manual_seed(1), dict(eta=eta),
+                            lambda x: None)
+    den = StaticThreshold(DiscreteDenoiser(net, schedule, "eps"), 0.5)
+    errs = [(SAMPLERS["ddim"](den, x_T * (1 + sigmas[0] ** 2).sqrt(), sigmas, eta=eta, model_eps=model_eps,
+                              generator=torch.Generator().manual_seed(1)) / (1 + sigmas[-1] ** 2).sqrt()
+             - theirs.double()).abs().max() for model_eps in (True, False)]
+    assert errs[0] <= 1e-5 < 1e-3 < errs[1]

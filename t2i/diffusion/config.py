@@ -52,6 +52,7 @@ class SamplingConfig(Config):
     init_noise: str = "vp"  # vp: x_T = noise * sqrt(1 + sigma_0^2); sigma: x_T = noise * sigma_0 (k-diffusion)
     eta: float = 0.0  # DDIM's eta
     clip_sample: float = 0.0  # > 0: clip x0 predictions to [-clip_sample, clip_sample]
+    model_eps: bool = False  # DDIM steps along the network's eps, not the thresholded x0's (diffusers' DDIM)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:

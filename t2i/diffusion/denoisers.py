@@ -179,6 +179,27 @@ class DenoiserWrapper:
         return self.denoiser(x, sigma, cond)
 
 
+class X0Map(DenoiserWrapper):
+    """Base of wrappers that only map the wrapped denoiser's x0 (thresholding, Saharia et al. 2022, sec. 2.3);
+    `split_x0` gives a call's mapped and raw x0, for samplers that step along the network's own eps."""
+
+    def x0_map(self, x0: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        return self.x0_map(self.denoiser(x, sigma, cond))
+
+
+def split_x0(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor,
+             cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, raw x0) of one call: raw is the x0 below the outer `X0Map` wrappers (x0 itself when there are none)."""
+    if not isinstance(denoiser, X0Map):
+        x0 = denoiser(x, sigma, cond)
+        return x0, x0
+    x0, raw = split_x0(denoiser.denoiser, x, sigma, cond)
+    return denoiser.x0_map(x0), raw
+
+
 class WithCond(DenoiserWrapper):
     """Conditioning that does not depend on the prompt (the `concat` channels of an inpainting or
     super-resolution stage, a prior's embedding), added to every call's cond; each tensor's batch

@@ -7,7 +7,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from t2i.diffusion.denoisers import Cond, Denoiser, DenoiserWrapper, append_dims, batch_sigma, timestep_inputs
+from t2i.diffusion.denoisers import (Cond, Denoiser, DenoiserWrapper, X0Map, append_dims, batch_sigma,
+                                     timestep_inputs)
 from t2i.diffusion.schedules import DiscreteSchedule
 
 # log p(y | x_t) as a function of (x, sigma, cond): x in VE form, sigma a (B,) tensor.
@@ -104,15 +105,15 @@ def clip_log_prob(image_embed_fn: Callable[[torch.Tensor, torch.Tensor], torch.T
     return log_prob
 
 
-class StaticThreshold(DenoiserWrapper):
+class StaticThreshold(X0Map):
     """Clip x0_hat to [-limit, limit] (Ho et al. 2020; Saharia et al. 2022, sec. 2.3)."""
 
     def __init__(self, denoiser: Denoiser, limit: float = 1.0):
         super().__init__(denoiser)
         self.limit = limit
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
-        return self.denoiser(x, sigma, cond).clamp(-self.limit, self.limit)
+    def x0_map(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0.clamp(-self.limit, self.limit)
 
 
 def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
@@ -132,15 +133,15 @@ def percentile_fraction(p: float) -> float:
     return p / 100.0 if p > 1.0 else float(p)
 
 
-class DynamicThreshold(DenoiserWrapper):
+class DynamicThreshold(X0Map):
     """Wrapper applying `dynamic_threshold` to every x0 prediction; percentile as `percentile_fraction` reads it."""
 
     def __init__(self, denoiser: Denoiser, percentile: float = 0.995):
         super().__init__(denoiser)
         self.percentile = percentile_fraction(percentile)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
-        return dynamic_threshold(self.denoiser(x, sigma, cond), self.percentile)
+    def x0_map(self, x0: torch.Tensor) -> torch.Tensor:
+        return dynamic_threshold(x0, self.percentile)
 
 
 THRESHOLDS = ("none", "static", "dynamic")

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from t2i.diffusion.denoisers import Cond, Denoiser, append_dims, batch_sigma
+from t2i.diffusion.denoisers import Cond, Denoiser, append_dims, batch_sigma, split_x0
 
 # callback(i, x, x0_hat, sigma) after each step i: progress bars, previews, tests. x is the sample at
 # sigmas[i + 1]; a callback may edit it in place and the sampler goes on from the edit (mask blending).
@@ -91,13 +91,16 @@ def heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Con
 
 
 def ddim(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
-         generator: torch.Generator | None = None, callback: Callback = None, eta: float = 0.0) -> torch.Tensor:
+         generator: torch.Generator | None = None, callback: Callback = None, eta: float = 0.0,
+         model_eps: bool = False) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), written in the VE form; eta=0 is deterministic and
-    invertible, eta=1 gives DDPM's posterior variance. With eta > 0 noise is drawn every step."""
+    invertible, eta=1 gives DDPM's posterior variance. With eta > 0 noise is drawn every step.
+    The direction term uses the eps of the thresholded x0 (guided-diffusion), or with `model_eps` the
+    network's own eps from below any thresholding (`split_x0`; diffusers' DDIMScheduler)."""
     sigmas = sigmas.to(x.dtype)
     for i in range(len(sigmas) - 1):
-        x0 = _denoise(denoiser, x, sigmas[i], cond)
-        eps = (x - x0) / sigmas[i]
+        x0, raw = split_x0(denoiser, x, batch_sigma(sigmas[i], x), cond)
+        eps = (x - (raw if model_eps else x0)) / sigmas[i]
         a_t, a_prev = _vp_alpha(sigmas[i]), _vp_alpha(sigmas[i + 1])
         std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()  # DDIM eq. 16
         x_prev = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps  # DDIM eq. 12 (VP form)

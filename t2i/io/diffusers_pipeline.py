@@ -86,6 +86,7 @@ def sampling_from_scheduler(d: dict[str, Any], *, steps: int = 50,
                           stacklevel=2)
     if sampler == "ddim":
         settings["final_sigma"] = "zero" if d.get("set_alpha_to_one", True) else "min"
+        settings["model_eps"] = True  # DDIMScheduler's direction term keeps the unclipped eps
         if spacing != "leading":
             warnings.warn("diffusers' DDIM steps to t - T // n; with non-leading spacing t2i's DDIM is close, "
                           "not identical", stacklevel=2)

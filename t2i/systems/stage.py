@@ -134,7 +134,7 @@ def sample_stage(denoiser: Denoiser, run: StageRun, generator: torch.Generator) 
         if run.progress is not None:
             run.progress(i)
 
-    options = {"eta": s.eta} if s.sampler == "ddim" else {}
+    options = {"eta": s.eta, "model_eps": s.model_eps} if s.sampler == "ddim" else {}
     x = run_sampler(denoiser, x_T.to(device=noise.device, dtype=noise.dtype), sigmas, sampler=s.sampler,
                     cond=run.cond, generator=generator, callback=callback, **options)
     return to_vp(x, float(sigmas[-1]))
