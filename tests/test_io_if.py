@@ -55,12 +55,9 @@ def test_if_unet_matches_diffusers(stage):
     assert err <= 1e-4
 
 
-@pytest.mark.xfail(reason="not yet equal (max diff 2.0 at commit time): the UNets match, the sampling path "
-                          "(noise draw / DDIM steps / guidance with IF's pipeline) is still to be reconciled")
-def test_if_stage_one_pipeline_matches_t2i(tmp_path):
-    """IFPipeline (stage I, prompt embeddings given: the pipeline needs no tokenizer for them) with a DDIM
-    scheduler clipping x0 (IF's thresholding at sample_max_value 1) -> the same image from t2i's DDIM over the
-    converted UNet, same noise."""
+def if_stage_one(tmp_path, dtype):
+    """(t2i's image, IFPipeline's image): stage I with prompt embeddings given (the pipeline needs no tokenizer
+    for them), a DDIM scheduler clipping x0 (IF's thresholding at sample_max_value 1), 5 steps, w = 4, same noise."""
     from t2i.io.diffusers_if import if_sampling, load_if_unet
     from t2i.systems.stage import Guidance, StageRun, sample_stage, stage_denoiser
 
@@ -69,25 +66,41 @@ def test_if_stage_one_pipeline_matches_t2i(tmp_path):
     scheduler = diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2", thresholding=True, sample_max_value=1.0,
                                         dynamic_thresholding_ratio=0.95, prediction_type="epsilon")
     scheduler.register_to_config(variance_type="fixed_small")  # IFPipeline reads it from any scheduler
-    pipe = diffusers.IFPipeline(tokenizer=None, text_encoder=None, unet=unet, scheduler=scheduler, safety_checker=None,
-                                feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    pipe = diffusers.IFPipeline(tokenizer=None, text_encoder=None, unet=unet.to(dtype), scheduler=scheduler,
+                                safety_checker=None, feature_extractor=None, watermarker=None,
+                                requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(3)
-    embeds, negative = torch.randn(1, 7, 32, generator=g), torch.randn(1, 7, 32, generator=g)
+    embeds, negative = (torch.randn(1, 7, 32, generator=g).to(dtype) for _ in range(2))
     theirs = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=5, guidance_scale=4.0,
                   height=16, width=16, generator=torch.Generator().manual_seed(7), output_type="pt").images
 
-    ours = load_if_unet(tmp_path / "unet").eval()
+    ours = load_if_unet(tmp_path / "unet").eval().to(dtype)
     assert ours.config.out_channels == 3  # the learned-variance half dropped
-    schedule, prediction, settings, threshold = if_sampling({"_class_name": "DDIMScheduler", **scheduler.config}, steps=5, guidance=4.0)
-    assert threshold == "static"
-    den = stage_denoiser(ours, schedule.build(), prediction,
-                         Guidance(4.0, {"context": negative}, None, threshold), [])
-    run = StageRun((1, 3, 16, 16), settings, {"context": embeds})
+    schedule, prediction, settings, threshold = if_sampling({"_class_name": "DDIMScheduler", **scheduler.config},
+                                                            steps=5, guidance=4.0)
+    assert threshold == "static" and settings.model_eps  # diffusers' DDIM: the direction term keeps the raw eps
+    den = stage_denoiser(ours, schedule.build(), prediction, Guidance(4.0, {"context": negative}, None, threshold), [])
+    run = StageRun((1, 3, 16, 16), settings, {"context": embeds}, dtype=dtype)
     with torch.no_grad():
-        mine = sample_stage(den, run, torch.Generator().manual_seed(7))
+        return sample_stage(den, run, torch.Generator().manual_seed(7)), theirs
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-4), (torch.float32, 1e-3)])
+def test_if_stage_one_pipeline_matches_t2i(tmp_path, dtype, tol):
+    """IFPipeline (stage I) and t2i's DDIM over the converted UNet give the same image from the same noise. In
+    float64 the sampling paths agree to the schedule's float32 rounding in diffusers (3e-5); in float32 the UNets'
+    1e-5 rounding differences grow over the 5 guided steps (to 3e-4), hence the looser float32 tolerance."""
+    mine, theirs = if_stage_one(tmp_path, dtype)
     err = (mine - theirs).abs().max().item()
-    print(f"IF stage I pipeline (DDIM, 5 steps, w=4): max |t2i - diffusers| = {err:.2e}")
-    assert err <= 1e-4 and theirs.std() > 0.05
+    print(f"IF stage I pipeline ({dtype}, DDIM, 5 steps, w=4): max |t2i - diffusers| = {err:.2e}")
+    assert err <= tol and theirs.std() > 0.05 and (theirs.abs() < 0.999).float().mean() > 0.5
+
+
+def test_if_sampling_refuses_what_t2i_cannot_reproduce():
+    from t2i.io.diffusers_if import if_sampling
+
     with pytest.raises(ValueError, match="learned variance"):
         if_sampling({"_class_name": "DDPMScheduler", "variance_type": "learned_range"})
+    with pytest.raises(ValueError, match="sample_max_value"):
+        if_sampling({"_class_name": "DDIMScheduler", "thresholding": True, "sample_max_value": 1.5})
