@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from t2i.config import Config
@@ -87,3 +88,16 @@ class Prior(nn.Module):
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """A sample (B, D) back to an image embedding: x * std + mean (diffusers' post_process_latents)."""
         return x * self.embed_std + self.embed_mean
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | float) -> torch.Tensor:
+    """Spherical interpolation of unit-normalised embeddings a, b (B, D) at w (B,) or a float (unCLIP sec. 3.2)."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    w = torch.as_tensor(w, dtype=a.dtype).reshape(-1, 1)  # (B|1, 1)
+    theta = torch.arccos((a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))  # (B, 1)
+    return (torch.sin((1 - w) * theta) * a + torch.sin(w * theta) * b) / torch.sin(theta)
+
+
+def text_diff(image: torch.Tensor, toward: torch.Tensor, source: torch.Tensor, amount: float) -> torch.Tensor:
+    """An image embedding moved toward a text: slerp(z_i, normalize(z_t - z_t0), amount) (unCLIP sec. 3.3, text diffs)."""
+    return slerp(image, F.normalize(toward - source, dim=-1), amount)

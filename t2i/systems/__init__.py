@@ -11,9 +11,11 @@ from t2i.systems.imagen import Imagen, ImagenConfig
 from t2i.systems.ldm import LDM, LDMConfig
 from t2i.systems.request import CAPABILITIES, GenerationRequest
 from t2i.systems.system import REGISTRY, System, SystemBase, register
+from t2i.systems.unclip import UnCLIP
+from t2i.systems.unclip_config import UnCLIPConfig
 
 SYSTEMS = REGISTRY  # system.json's "system" -> the class that loads that folder
 
 __all__ = ["CAPABILITIES", "Cascade", "CascadeConfig", "StageConfig", "ControlNetSystem", "ControlNetSystemConfig", "GLIDE", "GLIDEConfig", "GLIDEStageConfig", "GenerationRequest", "Imagen", "ImagenConfig", "LDM", "LDMConfig",
            "REGISTRY", "SYSTEMS", "SamplingConfig", "ScheduleConfig", "System", "SystemBase", "TextConfig",
-           "register"]
+           "UnCLIP", "UnCLIPConfig", "register"]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from t2i.systems.unclip_config import clip_text
 from t2i.train.config import RecipeError, TableConfig, bad
 from t2i.train.registry import STAGES
 from t2i.train.rng import SampleRNG
@@ -67,12 +68,6 @@ def frozen_clip(run: str | Path) -> nn.Module:
     clip = build_clip(CLIPOptions.from_dict(ckpt.config["clip"]), ckpt.extra("tokenizer.json").decode())
     load_into(clip, {k[5:]: v for k, v in ckpt.ema.items() if k.startswith("clip.")}, where=str(path))
     return clip.eval().requires_grad_(False)
-
-
-def clip_text(clip: nn.Module, captions: list[str]) -> dict[str, torch.Tensor]:
-    """The prior's text inputs: {"context": token states, "context_mask", "pooled": the unit CLIP text embedding}."""
-    pooled, tokens, mask = clip.text(captions)  # (B, D), (B, L, D), (B, L)
-    return {"context": tokens, "context_mask": mask, "pooled": F.normalize(clip.text_projection(pooled), dim=-1)}
 
 
 @STAGES.register("prior")
