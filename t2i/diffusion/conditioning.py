@@ -27,6 +27,13 @@ def lowres_condition(lowres: torch.Tensor, size: tuple[int, int], sigma: torch.T
                          align_corners=False)  # (B, C, H, W)
 
 
+def upsampled_lowres(lowres: torch.Tensor, size: tuple[int, int], sigma: torch.Tensor,
+                     noise: torch.Tensor) -> torch.Tensor:
+    """`lowres_condition` in DeepFloyd IF's order: enlarged first (bilinear, corners aligned), then
+    noise-augmented at full size with noise (B, C, H, W) (diffusers' IFSuperResolutionPipeline)."""
+    return noise_augment(F.interpolate(lowres, size=tuple(size), mode="bilinear", align_corners=True), sigma, noise)
+
+
 def inpaint_condition(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """An inpainting model's extra channels (GLIDE sec. 3.2): the mask (B, 1, H, W), 1 = repaint,
     then the image with the repainted region erased (B, C, H, W) -> (B, 1 + C, H, W)."""

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from t2i.config import Config
-from t2i.diffusion.conditioning import inpaint_condition
+from t2i.diffusion.conditioning import inpaint_condition, upsampled_lowres
 from t2i.diffusion.config import SamplingConfig, ScheduleConfig
 from t2i.diffusion.guidance import LogProb
+from t2i.diffusion.samplers import randn
 from t2i.encoders.registry import TextConfig, build_text_encoder
 from t2i.nn.unet import UNet, UNetConfig
 from t2i.systems.base import load_parts, load_text_encoder, save_parts, save_text_encoder
@@ -40,6 +41,7 @@ class PixelStageConfig(Config):
     lowres_size: int = 0  # > 0: a super-resolution stage fed the previous stage's image of this size
     lowres_noise: float = 0.0  # its noise augmentation at sampling time, a fraction of the timesteps
     inpaint: bool = False  # the UNet takes the mask and the masked image as 4 extra input channels
+    upsample_first: bool = False  # DeepFloyd IF: x_T drawn, then the low-res image enlarged and augmented (sampling)
 
     def __post_init__(self) -> None:
         want = 3 + 3 * bool(self.lowres_size) + 4 * self.inpaint
@@ -88,6 +90,14 @@ class PixelStage(nn.Module):
         save_parts(folder, {"unet": self.unet}, dtype)
         save_text_encoder(self.config.text, self.text_encoder, folder, dtype)
 
+    def lowres(self, x: torch.Tensor, size: tuple[int, int], level: float, generator: torch.Generator) -> torch.Tensor:
+        """The previous stage's image as this stage's extra channels: noise-augmented at `level` and enlarged
+        (Ho et al. 2022, sec. 4.3), or with `upsample_first` enlarged then augmented (DeepFloyd IF)."""
+        if not self.config.upsample_first:
+            return augmented_lowres(x, size, self.schedule, level, generator)
+        sigma = self.schedule.t_to_sigma(torch.full((x.shape[0],), level * (self.schedule.num_timesteps - 1)))
+        return upsampled_lowres(x, size, sigma, randn((*x.shape[:2], *size), x, generator))
+
     def sample(self, r: GenerationRequest, plan: StagePlan, generator: torch.Generator,
                progress: Callable[[int], None] | None) -> torch.Tensor:
         c, (h, w), weight = self.config, plan.size, next(self.unet.parameters())
@@ -96,14 +106,14 @@ class PixelStage(nn.Module):
         pixels = r.pixels((w, h)).to(weight).expand(shape) if plan.image else None
         repaint = None if r.mask is None else r.repaint((w, h)).to(weight)
         level = c.lowres_noise if r.aug_level is None else r.aug_level
-        concat = [] if plan.lowres is None else [  # the previous stage's image, noise-augmented and enlarged
-            augmented_lowres(plan.lowres.to(weight), (h, w), self.schedule, level, generator)]
+        noise = randn(shape, weight, generator) if c.upsample_first else None  # IF draws x_T first
+        concat = [] if plan.lowres is None else [self.lowres(plan.lowres.to(weight), (h, w), level, generator)]
         extra = {} if plan.lowres is None else aug_level_input(self.unet, self.schedule, level, shape[0])
         if c.inpaint:
             concat.append(inpaint_condition(pixels, repaint.expand(len(r.batch), -1, -1, -1)))
         guidance = Guidance(plan.scale, uncond, plan.log_prob, default_threshold(plan.settings, r.threshold))
         fresh = pixels is None or (r.mask is not None and plan.strength == 1)
         run = StageRun(shape, plan.settings, cond, plan.strength, init=None if fresh else pixels, known=pixels,
-                       repaint=repaint, progress=progress, device=weight.device, dtype=weight.dtype)
+                       repaint=repaint, noise=noise, progress=progress, device=weight.device, dtype=weight.dtype)
         den = stage_denoiser(self.unet, self.schedule, c.prediction, guidance, concat, extra)
         return sample_stage(den, run, generator)
