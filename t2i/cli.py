@@ -301,6 +301,92 @@ def _add_inpaint(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_generate)
 
 
+def _unclip_args(p: argparse.ArgumentParser, out: str) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--system", default="unclip", help="a named system that makes variations (default: unclip)")
+    src.add_argument("--model", metavar="PATH", help="a t2i unclip folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before loading)")
+    p.add_argument("--max-input-pixels", type=int, default=4096 * 4096, metavar="P",
+                   help="largest input image, checked before decoding (default: 4096x4096)")
+    p.add_argument("--out", default=out, metavar="FILE", help=f"PNG path (default: {out})")
+
+
+def _add_vary(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vary", help="variations of an image (unCLIP: its CLIP image embedding decoded anew)")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("-n", "--num-images", type=int, default=4, metavar="N", help="variations (default: 4)")
+    p.add_argument("--toward", metavar="TEXT", help="a text diff: move the image's embedding toward this caption")
+    p.add_argument("--amount", type=float, default=0.5, metavar="A", help="how far --toward goes, [0, 1] (default 0.5)")
+    p.add_argument("--source", default="", metavar="TEXT", help="with --toward: a caption of the image (default: none)")
+    _unclip_args(p, "vary.png")
+    p.set_defaults(func=_run_vary)
+
+
+def _add_interpolate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("interpolate", help="images between two images (unCLIP: slerp of their CLIP embeddings), "
+                                           "written as a strip PNG and an animated GIF beside it")
+    p.add_argument("image_a", metavar="IMAGE_A")
+    p.add_argument("image_b", metavar="IMAGE_B")
+    p.add_argument("--frames", type=int, default=8, help="frames from A to B, at least 2 (default: 8)")
+    _unclip_args(p, "interpolate.png")
+    p.set_defaults(func=_run_interpolate)
+
+
+def _unclip_inputs(args: argparse.Namespace, names: list[str], n: int):
+    """(output paths, grid path, the images read, the system loaded) of `vary` / `interpolate`; one-line errors."""
+    from t2i.api import check_device, load, open_image, output_plan
+
+    try:
+        paths, grid = output_plan(args.out, n)
+        images = [open_image(getattr(args, name), name.replace("_", " "), args.max_input_pixels) for name in names]
+        check_device(args.device)
+        system = load(args.model or args.system, device=args.device)
+    except (ValueError, OSError, KeyError) as e:
+        raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
+    if not (hasattr(system, "supports") and system.supports("vary")):
+        raise UsageError(f"'{args.model or args.system}' does not make variations (an unclip system does)")
+    return paths, grid, images, system
+
+
+def _run_vary(args: argparse.Namespace) -> int:
+    from t2i.io.images import image_grid, save_png
+
+    if args.num_images < 1:
+        raise UsageError(f"-n {args.num_images}: must be at least 1")
+    paths, grid, (image,), system = _unclip_inputs(args, ["image"], args.num_images)
+    try:
+        images = system.vary(image, args.num_images, toward=args.toward, amount=args.amount, source=args.source,
+                             seed=args.seed)
+    except ValueError as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    meta = {"model": system.name, "seed": str(args.seed), "mode": "vary", "source_image": str(args.image),
+            **({"toward": args.toward, "amount": str(args.amount)} if args.toward else {})}
+    written = [save_png(im, path, {**meta, "batch_index": str(i)}) for i, (im, path) in enumerate(zip(images, paths))]
+    written += [save_png(image_grid(images), grid, meta)] if grid is not None else []
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _run_interpolate(args: argparse.Namespace) -> int:
+    from t2i.io.images import image_grid, save_png
+
+    if args.frames < 2:
+        raise UsageError(f"--frames {args.frames}: must be at least 2")
+    (strip,), _, images, system = _unclip_inputs(args, ["image_a", "image_b"], 1)
+    try:
+        frames = system.interpolate(*images, frames=args.frames, seed=args.seed)
+    except ValueError as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    meta = {"model": system.name, "seed": str(args.seed), "mode": "interpolate", "frames": str(args.frames)}
+    save_png(image_grid(frames, columns=len(frames)), strip, meta)
+    gif = strip.with_suffix(".gif")
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=200, loop=0)
+    print(f"wrote {strip}\nwrote {gif}")
+    return 0
+
+
 # The flag of each GenerationRequest field a one-line error may name first.
 FLAGS = {"steps": "--steps", "num_images": "-n", "seed": "--seed", "guidance": "--guidance", "width": "--width",
          "height": "--height", "strength": "--strength", "precision": "--precision", "feather": "--feather",
@@ -454,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_annotate(sub)
     _add_img2img(sub)
     _add_inpaint(sub)
+    _add_vary(sub)
+    _add_interpolate(sub)
     _add_convert(sub)
     _add_serve(sub)
     return parser
