@@ -46,3 +46,16 @@ def test_prior_recipe_misfits_are_one_line(tmp_path):
     recipe = load_recipe("tiny_prior", [f"prior.clip_run={tmp_path / 'none'}"])
     with pytest.raises(RecipeError, match="no complete checkpoint"):
         Trainer(recipe, tmp_path / "prior", **QUIET).run()
+
+
+def test_decoder_trains_over_a_clip_run(clip_run, tmp_path):
+    recipe = load_recipe("tiny_unclip_decoder", SMALL + ["train.steps=3", f"unclip_decoder.clip_run={clip_run}",
+                                                         "unclip_decoder.num_samples=2",
+                                                         "unclip_decoder.sample_steps=2"])
+    result = Trainer(recipe, tmp_path / "decoder", **QUIET).run()
+    assert result.step == 3 and math.isfinite(result.loss)
+    ckpt = read_checkpoint(result.checkpoint)
+    assert ckpt.config["stage"] == "unclip_decoder" and "decoder.null" in ckpt.model
+    assert (tmp_path / "decoder" / "samples" / "step_00000003.png").is_file()
+    with pytest.raises(RecipeError, match="set by the CLIP"):
+        load_recipe("tiny_unclip_decoder", ["unclip_decoder.net.embed_dim=8"])
