@@ -157,3 +157,52 @@ def test_if_stage_two_pipeline_matches_t2i(tmp_path, dtype, tol):
     err = (mine - theirs).abs().max().item()
     print(f"IF stage II pipeline ({dtype}, DDIM, 4 steps, w=4, noise level 250): max |t2i - diffusers| = {err:.2e}")
     assert err <= tol and theirs.std() > 0.05 and (theirs.abs() < 0.999).float().mean() > 0.5
+
+
+def test_if_stage_one_with_t5_matches_t2i(tmp_path):
+    """IFPipeline encoding the prompt and the empty negative prompt with its T5 (a tiny random T5EncoderModel and a
+    word-level tokenizer, 77 tokens, padding states kept, no mask into the UNet) = a t2i pixel stage whose 't5'
+    text encoder reads the same folder (context_mask off), same noise, float64. transformers' T5LayerNorm takes its
+    variance in float32, so the embeddings differ by 5e-7 and the 4 guided steps of this random UNet grow that to
+    1e-4: the embeddings are checked at 1e-6, the image at 2e-4."""
+    pytest.importorskip("tokenizers")
+    from test_encoders_t5 import _word_tokenizer_json, tiny_hf_t5
+
+    from t2i.encoders.registry import TextConfig, build_text_encoder, encode_prompts
+    from t2i.io.diffusers_if import if_sampling, load_if_unet
+    from t2i.systems.pixel_stage import PixelStage, PixelStageConfig, StagePlan
+    from t2i.systems.request import GenerationRequest
+
+    transformers, _, t5 = tiny_hf_t5("gated-gelu")
+    t5.save_pretrained(tmp_path / "text_encoder")
+    _word_tokenizer_json(tmp_path / "text_encoder" / "tokenizer.json", ["a", "red", "circle", "blue", "star"])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "text_encoder" / "tokenizer.json"),
+                                                     pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    unet = tiny_if_unet(IF_UNET)
+    unet.save_pretrained(tmp_path / "unet", safe_serialization=True)
+    scheduler = diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2", thresholding=True, sample_max_value=1.0)
+    scheduler.register_to_config(variance_type="fixed_small")
+    pipe = diffusers.IFPipeline(tokenizer=tokenizer, text_encoder=t5.double(), unet=unet.double(), scheduler=scheduler,
+                                safety_checker=None, feature_extractor=None, watermarker=None,
+                                requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe("a red circle", num_inference_steps=4, guidance_scale=4.0, height=16, width=16, clean_caption=False,
+                  generator=torch.Generator().manual_seed(7), output_type="pt").images
+
+    schedule, prediction, settings, _ = if_sampling({"_class_name": "DDIMScheduler", **scheduler.config},
+                                                    steps=4, guidance=4.0)
+    text = TextConfig(kind="t5", encoder={"folder": str(tmp_path / "text_encoder"), "max_length": 77},
+                      context_mask=False)
+    ours = load_if_unet(tmp_path / "unet").eval().double()
+    config = PixelStageConfig(unet=ours.config, text=text, schedule=schedule, prediction=prediction,
+                              sampling=settings, sample_size=16)
+    stage = PixelStage(config, ours, build_text_encoder(text).double())
+    embeds, negative = pipe.encode_prompt("a red circle", True, device="cpu", clean_caption=False)
+    ctx = encode_prompts(text, stage.text_encoder, ["a red circle", ""])["context"]
+    assert (ctx - torch.cat([embeds, negative])).abs().max() <= 1e-6 and ctx.shape == (2, 77, 32)
+    with torch.no_grad():
+        mine = stage.sample(GenerationRequest(("a red circle",)), StagePlan(settings, 4.0, None, (16, 16)),
+                            torch.Generator().manual_seed(7), None)
+    err = (mine - theirs).abs().max().item()
+    print(f"IF stage I pipeline with T5 (float64, DDIM, 4 steps, w=4): max |t2i - diffusers| = {err:.2e}")
+    assert err <= 2e-4 and theirs.std() > 0.05
