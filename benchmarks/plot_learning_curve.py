@@ -1,8 +1,9 @@
 """Plot ShapesEval against training step, one line per (run, category), as a PNG drawn with PIL.
 
-The input is a JSON file {"title": ..., "runs": [{"label": ..., "points": [{"step": N, "categories":
-{...}, "overall": x, "n_per_prompt": k}, ...]}]}; `--add LABEL STEP RESULT.json` appends the result
-of `t2i eval shapes --json` to it first (the file is created when missing).
+The input is a JSON file {"title": ..., "series": [...], "y_label": ..., "runs": [{"label": ..., "points":
+[{"step": N, "categories": {...}, "overall": x, "n_per_prompt": k}, ...]}]} ("series": which of "overall" and
+the categories to draw, default ShapesEval's; "labels": legend names for them); `--add LABEL STEP RESULT.json` appends the result of
+`t2i eval shapes --json` to it first (the file is created when missing).
 
     .venv/bin/python benchmarks/plot_learning_curve.py docs/ldm_curve.json docs/ldm_curve.png
     .venv/bin/python benchmarks/plot_learning_curve.py docs/ldm_curve.json docs/ldm_curve.png \
@@ -19,8 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 CATEGORIES = ("overall", "position", "color_attr", "two_object", "held_out")
-COLORS = {"overall": (20, 20, 20), "position": (40, 80, 220), "color_attr": (220, 40, 40),
-          "two_object": (40, 170, 70), "held_out": (145, 60, 190)}
+PALETTE = [(20, 20, 20), (40, 80, 220), (220, 40, 40), (40, 170, 70), (145, 60, 190)]
 DASHES = [None, (6, 4), (2, 3)]  # one per run: solid, dashed, dotted
 
 
@@ -57,6 +57,8 @@ def plot(data: dict, out: Path, width: int = 760, height: int = 440) -> None:
     d = ImageDraw.Draw(im)
     left, right, top, bottom = 50, width - 190, 30, height - 40
     steps = [p["step"] for r in data["runs"] for p in r["points"]]
+    series = data.get("series", CATEGORIES)
+    colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series)}
     s0, s1 = min(steps), max(steps)
     s1 = s1 if s1 > s0 else s0 + 1
     x = lambda s: left + (s - s0) / (s1 - s0) * (right - left)  # noqa: E731
@@ -68,19 +70,21 @@ def plot(data: dict, out: Path, width: int = 760, height: int = 440) -> None:
     for s in sorted(set(steps)):
         d.text((x(s) - 14, bottom + 6), str(s), fill=(90, 90, 90))
     d.text(((left + right) // 2 - 40, height - 18), "training step", fill=(0, 0, 0))
+    if data.get("y_label"):
+        d.text((8, top - 22), data["y_label"], fill=(90, 90, 90))
     for ri, run in enumerate(data["runs"]):
         dash = DASHES[ri % len(DASHES)]
-        for cat in CATEGORIES:
+        for cat in series:
             pts = [(x(p["step"]), y(p["overall"] if cat == "overall" else p["categories"].get(cat, 0.0)))
                    for p in run["points"]]
             for a, b in zip(pts, pts[1:]):
-                _line(d, a, b, COLORS[cat], dash)
+                _line(d, a, b, colors[cat], dash)
             for px, py in pts:
-                d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=COLORS[cat])
+                d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colors[cat])
     ly = top
-    for cat in CATEGORIES:
-        d.line([(right + 15, ly + 6), (right + 40, ly + 6)], fill=COLORS[cat], width=3)
-        d.text((right + 46, ly), cat, fill=(0, 0, 0))
+    for cat in series:
+        d.line([(right + 15, ly + 6), (right + 40, ly + 6)], fill=colors[cat], width=3)
+        d.text((right + 46, ly), data.get("labels", {}).get(cat, cat), fill=(0, 0, 0))
         ly += 18
     ly += 10
     for ri, run in enumerate(data["runs"]):

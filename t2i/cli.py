@@ -84,7 +84,7 @@ def _add_eval_control(benches: argparse._SubParsersAction) -> None:
 def _run_eval_control(args: argparse.Namespace) -> int:
     import json
 
-    from t2i.eval.control import evaluate_control, format_report, truth_generator
+    from t2i.eval.control import evaluate_control, format_report, system_generator, truth_generator
 
     kinds = tuple(k for k in args.kinds.split(",") if k)
     if args.n < 1 or not kinds:
@@ -95,12 +95,7 @@ def _run_eval_control(args: argparse.Namespace) -> int:
         else:
             from t2i.api import load
 
-            system = load(args.model)
-            options = {"steps": args.steps, "guidance": args.guidance, "progress": False}
-
-            def generate_fn(caption, control, kind, seed):
-                extra = {} if control is None else {"control": control, "control_type": kind}
-                return system.generate(caption, seed=seed, **options, **extra)[0]
+            generate_fn = system_generator(load(args.model), args.steps, args.guidance)
         rows = evaluate_control(generate_fn, kinds, n=args.n)
     except (ValueError, OSError) as e:
         raise UsageError(str(e).splitlines()[0]) from None

@@ -70,6 +70,16 @@ def evaluate_control(generate_fn: GenerateFn, kinds: tuple[str, ...], n: int = 3
     return rows
 
 
+def system_generator(system, steps: int | None = None, guidance: float | None = None) -> GenerateFn:
+    """A ControlNet system as a GenerateFn: the caption, the control (None: the base alone) and the seed."""
+    options = {"steps": steps, "guidance": guidance, "progress": False}
+
+    def generate_fn(caption: str, control, kind: str, seed: int) -> Image.Image:
+        extra = {} if control is None else {"control": control, "control_type": kind}
+        return system.generate(caption, seed=seed, **options, **extra)[0]
+    return generate_fn
+
+
 def truth_generator(seed: int = SEED) -> GenerateFn:
     """The ceiling: the scene's own render, whatever the control (should score ~1.0)."""
     world = ShapesWorld(size=64, seed=seed)
