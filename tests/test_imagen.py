@@ -56,14 +56,18 @@ def test_default_threshold_is_dynamic_and_the_request_overrides_it(tiny):
 
 def test_dynamic_percentile_is_a_fraction_up_to_1_and_a_percentage_above():
     """The paper writes p = 99.5 (a percentage), the code p = 0.995 (a fraction): both mean the same threshold."""
-    assert parse_threshold("dynamic:99.5") == parse_threshold("dynamic:0.995") == ("dynamic", 0.995)
-    assert parse_threshold("dynamic:100") == parse_threshold("dynamic:1") == ("dynamic", 1.0)
-    assert parse_threshold("dynamic") == ("dynamic", 0.995) and parse_threshold("static:2") == ("static", 2.0)
+    assert parse_threshold("dynamic:99.5") == parse_threshold("dynamic:0.995") == ("dynamic", 0.995, None)
+    assert parse_threshold("dynamic:100") == parse_threshold("dynamic:1") == ("dynamic", 1.0, None)
+    assert parse_threshold("dynamic") == ("dynamic", 0.995, None) and parse_threshold("static:2") == ("static", 2.0, None)
+    assert parse_threshold("dynamic:95:1.5") == ("dynamic", 0.95, 1.5)  # DeepFloyd IF's sample_max_value
     den = lambda x, s, c=None: x * 3  # noqa: E731
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(DynamicThreshold(den, 99.5)(x, None), DynamicThreshold(den, 0.995)(x, None))
     for bad in ("dynamic:0", "dynamic:-5", "dynamic:100.5", "dynamic:nan"):
         with pytest.raises(ValueError, match=r"percentile must be in \(0, 100\]"):
+            parse_threshold(bad)
+    for bad in ("dynamic:0.95:0.5", "dynamic:0.95:x", "static:1:2"):
+        with pytest.raises(ValueError):
             parse_threshold(bad)
 
 

@@ -23,6 +23,14 @@ class Denoiser(Protocol):
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor: ...
 
 
+def denoise_v(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor,
+              cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x0_hat, v): one call's x0 and the network's learned-variance value v in [-1, 1] (x's shape), None for a
+    denoiser without one (Nichol & Dhariwal 2021, "Improved DDPM", eq. 15: log var = frac log beta + ...)."""
+    fn = getattr(type(denoiser), "with_variance", None)  # on the type: wrappers forward unknown attributes
+    return fn(denoiser, x, sigma, cond) if fn is not None else (denoiser(x, sigma, cond), None)
+
+
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
     """Reshape a (B,) tensor to broadcast against a (B, ...) tensor of `ndim` dims."""
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
@@ -79,13 +87,16 @@ class DiscreteDenoiser:
     """A VP network indexed by timestep (DDPM / LDM / GLIDE / Imagen) as a denoiser.
 
     The network sees x_vp = x / sqrt(sigma^2 + 1) and t = schedule.sigma_to_t(sigma), as in
-    k-diffusion's DiscreteEpsDDPMDenoiser / DiscreteVDDPMDenoiser.
+    k-diffusion's DiscreteEpsDDPMDenoiser / DiscreteVDDPMDenoiser. With `learned_variance` the network's
+    output has twice x's channels, the prediction then the variance value v (Improved DDPM; GLIDE, IF, unCLIP).
     """
 
-    def __init__(self, net: Callable, schedule: DiscreteSchedule, prediction_type: str = "eps"):
+    def __init__(self, net: Callable, schedule: DiscreteSchedule, prediction_type: str = "eps",
+                 learned_variance: bool = False):
         self.net = net
         self.schedule = schedule
         self.prediction = prediction(prediction_type)
+        self.learned_variance = learned_variance
 
     @property
     def sigma_min(self) -> float:
@@ -96,9 +107,16 @@ class DiscreteDenoiser:
         return self.schedule.sigma_max
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        return self.with_variance(x, sigma, cond)[0]
+
+    def with_variance(self, x: torch.Tensor, sigma: torch.Tensor,
+                      cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         sigma = batch_sigma(sigma, x)
-        out = _call_net(self.net, *timestep_inputs(x, sigma, self.schedule), cond)
-        return self.prediction.to_x0(x, out.to(x.dtype), append_dims(sigma, x.ndim))
+        out = _call_net(self.net, *timestep_inputs(x, sigma, self.schedule), cond).to(x.dtype)
+        v = None
+        if self.learned_variance:
+            out, v = out.chunk(2, dim=1)  # (B, 2C, ...) -> prediction (B, C, ...), variance value (B, C, ...)
+        return self.prediction.to_x0(x, out, append_dims(sigma, x.ndim)), v
 
     def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
         """Weight on |x0_hat - x0|^2 that makes the loss the network's plain target MSE."""
@@ -165,7 +183,8 @@ class DenoiserWrapper:
 
     It forwards what it does not define -- schedule facts (sigma_min, sigma_max, schedule,
     noise_scale) and prediction facts (prediction, loss_weight) -- to the wrapped denoiser, so
-    wrappers stack in any order and a sampler sees the facts of the network at the bottom."""
+    wrappers stack in any order and a sampler sees the facts of the network at the bottom. A subclass
+    overrides `with_variance` (x0 and the learned-variance value v, `denoise_v`), which `__call__` reads."""
 
     def __init__(self, denoiser: Denoiser):
         self.denoiser = denoiser
@@ -176,7 +195,11 @@ class DenoiserWrapper:
         return getattr(self.denoiser, name)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
-        return self.denoiser(x, sigma, cond)
+        return self.with_variance(x, sigma, cond)[0]
+
+    def with_variance(self, x: torch.Tensor, sigma: torch.Tensor,
+                      cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return denoise_v(self.denoiser, x, sigma, cond)
 
 
 class X0Map(DenoiserWrapper):
@@ -186,8 +209,10 @@ class X0Map(DenoiserWrapper):
     def x0_map(self, x0: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
-        return self.x0_map(self.denoiser(x, sigma, cond))
+    def with_variance(self, x: torch.Tensor, sigma: torch.Tensor,
+                      cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x0, v = denoise_v(self.denoiser, x, sigma, cond)
+        return self.x0_map(x0), v
 
 
 def split_x0(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor,
@@ -209,8 +234,9 @@ class WithCond(DenoiserWrapper):
         super().__init__(denoiser)
         self.extra = dict(extra)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+    def with_variance(self, x: torch.Tensor, sigma: torch.Tensor,
+                      cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = x.shape[0]
         extra = {k: v.repeat(b // v.shape[0], *(1,) * (v.ndim - 1)) if v.shape[0] != b else v
                  for k, v in self.extra.items()}
-        return self.denoiser(x, sigma, {**(cond or {}), **extra})
+        return denoise_v(self.denoiser, x, sigma, {**(cond or {}), **extra})

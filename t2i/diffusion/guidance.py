@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from t2i.diffusion.denoisers import (Cond, Denoiser, DenoiserWrapper, X0Map, append_dims, batch_sigma,
+from t2i.diffusion.denoisers import (Cond, Denoiser, DenoiserWrapper, X0Map, append_dims, batch_sigma, denoise_v,
                                      timestep_inputs)
 from t2i.diffusion.schedules import DiscreteSchedule
 
@@ -27,19 +27,21 @@ class ClassifierFreeGuidance(DenoiserWrapper):
     """D_w = D(x, uncond) + w (D(x, cond) - D(x, uncond)) (Ho & Salimans 2022, eq. 6).
 
     `uncond` is the unconditional (empty-caption) conditioning, or a negative prompt's. Both
-    branches run in one batch of 2B; at w = 1 only the conditional branch runs.
+    branches run in one batch of 2B; at w = 1 only the conditional branch runs. A learned variance is the
+    conditional branch's (GLIDE's and DeepFloyd IF's sampling).
     """
 
     def __init__(self, denoiser: Denoiser, scale: float, uncond: Cond | None):
         super().__init__(denoiser)
         self.scale, self.uncond = scale, uncond
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+    def with_variance(self, x: torch.Tensor, sigma: torch.Tensor,
+                      cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.scale == 1.0:
-            return self.denoiser(x, sigma, cond)
-        both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), concat_cond(self.uncond, cond))
+            return denoise_v(self.denoiser, x, sigma, cond)
+        both, v = denoise_v(self.denoiser, torch.cat([x, x]), torch.cat([sigma, sigma]), concat_cond(self.uncond, cond))
         x0_uncond, x0_cond = both.chunk(2)
-        return x0_uncond + self.scale * (x0_cond - x0_uncond)
+        return x0_uncond + self.scale * (x0_cond - x0_uncond), None if v is None else v.chunk(2)[1]
 
 
 class GradientGuidance(DenoiserWrapper):
@@ -51,12 +53,13 @@ class GradientGuidance(DenoiserWrapper):
         super().__init__(denoiser)
         self.log_prob, self.scale = log_prob, scale
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
-        x0 = self.denoiser(x, sigma, cond)
+    def with_variance(self, x: torch.Tensor, sigma: torch.Tensor,
+                      cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x0, v = denoise_v(self.denoiser, x, sigma, cond)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.log_prob(x_in, sigma, cond).sum(), x_in)
-        return x0 + self.scale * append_dims(sigma, x.ndim) ** 2 * grad
+        return x0 + self.scale * append_dims(sigma, x.ndim) ** 2 * grad, v
 
 
 class TimestepNet:
@@ -116,11 +119,12 @@ class StaticThreshold(X0Map):
         return x0.clamp(-self.limit, self.limit)
 
 
-def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
+def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.995, cap: float | None = None) -> torch.Tensor:
     """Imagen's dynamic thresholding (Saharia et al. 2022, sec. 2.3): s = max(1, the percentile of
-    |x0| per sample); x0 <- clip(x0, -s, s) / s."""
-    flat = x0.reshape(x0.shape[0], -1).abs().float()
-    s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0).to(x0.dtype)
+    |x0| per sample), at most `cap` if given (DeepFloyd IF's sample_max_value); x0 <- clip(x0, -s, s) / s."""
+    flat = x0.reshape(x0.shape[0], -1).abs()
+    flat = flat if flat.dtype == torch.float64 else flat.float()
+    s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0, max=cap).to(x0.dtype)
     s = append_dims(s, x0.ndim)
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
@@ -136,38 +140,43 @@ def percentile_fraction(p: float) -> float:
 class DynamicThreshold(X0Map):
     """Wrapper applying `dynamic_threshold` to every x0 prediction; percentile as `percentile_fraction` reads it."""
 
-    def __init__(self, denoiser: Denoiser, percentile: float = 0.995):
+    def __init__(self, denoiser: Denoiser, percentile: float = 0.995, cap: float | None = None):
         super().__init__(denoiser)
-        self.percentile = percentile_fraction(percentile)
+        self.percentile, self.cap = percentile_fraction(percentile), cap
 
     def x0_map(self, x0: torch.Tensor) -> torch.Tensor:
-        return dynamic_threshold(x0, self.percentile)
+        return dynamic_threshold(x0, self.percentile, self.cap)
 
 
 THRESHOLDS = ("none", "static", "dynamic")
 
 
-def parse_threshold(spec: str) -> tuple[str, float]:
-    """"none" | "static[:limit]" | "dynamic[:p]" -> (kind, value); ValueError in one line. p > 1 is a percentage,
-    p <= 1 a fraction: "dynamic:99.5" == "dynamic:0.995" -> ("dynamic", 0.995) (`percentile_fraction`)."""
+def parse_threshold(spec: str) -> tuple[str, float, float | None]:
+    """"none" | "static[:limit]" | "dynamic[:p[:cap]]" -> (kind, value, cap); ValueError in one line. p > 1 is a
+    percentage, p <= 1 a fraction: "dynamic:99.5" == "dynamic:0.995" -> ("dynamic", 0.995, None)
+    (`percentile_fraction`); cap >= 1 bounds s (DeepFloyd IF: "dynamic:0.95:1.5")."""
     kind, _, value = str(spec).partition(":")
-    if kind not in THRESHOLDS or (kind == "none" and value):
-        raise ValueError(f"unknown threshold {spec!r}; choose none, static[:limit] or dynamic[:percentile]")
+    value, _, cap = value.partition(":")
+    if kind not in THRESHOLDS or (kind == "none" and value) or (kind != "dynamic" and cap):
+        raise ValueError(f"unknown threshold {spec!r}; choose none, static[:limit] or dynamic[:percentile[:cap]]")
     try:
         v = float(value) if value else (1.0 if kind == "static" else 0.995)
+        c = float(cap) if cap else None
     except ValueError:
-        raise ValueError(f"threshold {spec!r}: {value!r} is not a number") from None
+        raise ValueError(f"threshold {spec!r}: {value!r} / {cap!r} is not a number") from None
     if kind == "static" and not 0.0 < v < float("inf"):
         raise ValueError(f"threshold {spec!r}: a static limit must be finite and > 0")
+    if c is not None and not 1.0 <= c < float("inf"):
+        raise ValueError(f"threshold {spec!r}: the cap on s must be finite and >= 1")
     try:
-        return kind, percentile_fraction(v) if kind == "dynamic" else v
+        return kind, percentile_fraction(v) if kind == "dynamic" else v, c
     except ValueError as e:
         raise ValueError(f"threshold {spec!r}: {e}") from None
 
 
 def thresholded(denoiser: Denoiser, spec: str) -> Denoiser:
     """The denoiser behind the thresholding `spec` names (`parse_threshold`); itself for "none"."""
-    kind, value = parse_threshold(spec)
+    kind, value, cap = parse_threshold(spec)
     if kind == "static":
         return StaticThreshold(denoiser, value)
-    return DynamicThreshold(denoiser, value) if kind == "dynamic" else denoiser
+    return DynamicThreshold(denoiser, value, cap) if kind == "dynamic" else denoiser

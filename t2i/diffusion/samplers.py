@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from t2i.diffusion.denoisers import Cond, Denoiser, append_dims, batch_sigma, split_x0
+from t2i.diffusion.denoisers import Cond, Denoiser, append_dims, batch_sigma, denoise_v, split_x0
 
 # callback(i, x, x0_hat, sigma) after each step i: progress bars, previews, tests. x is the sample at
 # sigmas[i + 1]; a callback may edit it in place and the sampler goes on from the edit (mask blending).
@@ -114,17 +114,24 @@ def ddim(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Con
 
 def ddpm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
          generator: torch.Generator | None = None, callback: Callback = None) -> torch.Tensor:
-    """DDPM ancestral sampling from the posterior q(x_prev | x_t, x0_hat) with the "fixed small"
-    variance beta_tilde (Ho et al. 2020, eqs. 6-7), between any two sigmas of the chain."""
+    """DDPM ancestral sampling from the posterior q(x_prev | x_t, x0_hat) (Ho et al. 2020, eqs. 6-7), between
+    any two sigmas of the chain, with the "fixed small" variance beta_tilde, or the network's learned one
+    when the denoiser gives a value v (`denoise_v`; Nichol & Dhariwal 2021, eq. 15, "learned_range")."""
     sigmas = sigmas.to(x.dtype)
     for i in range(len(sigmas) - 1):
-        x0 = _denoise(denoiser, x, sigmas[i], cond)
+        x0, v = denoise_v(denoiser, x, batch_sigma(sigmas[i], x), cond)
         a_t, a_prev = _vp_alpha(sigmas[i]), _vp_alpha(sigmas[i + 1])
         alpha, beta = a_t / a_prev, 1 - a_t / a_prev
         x_t = x * a_t.sqrt()
         mean = (a_prev.sqrt() * beta * x0 + alpha.sqrt() * (1 - a_prev) * x_t) / (1 - a_t)  # DDPM eq. 7
         if sigmas[i + 1] > 0:
-            mean = mean + ((1 - a_prev) / (1 - a_t) * beta).sqrt() * randn(x.shape, x, generator)
+            var = (1 - a_prev) / (1 - a_t) * beta  # beta_tilde, DDPM eq. 7
+            if v is None:
+                std = var.sqrt()
+            else:
+                frac = (v + 1) / 2
+                std = (0.5 * (frac * beta.log() + (1 - frac) * var.clamp(min=1e-20).log())).exp()  # IDDPM eq. 15
+            mean = mean + std * randn(x.shape, x, generator)
         x = mean / a_prev.sqrt()
         if callback:
             callback(i, x, x0, float(sigmas[i]))

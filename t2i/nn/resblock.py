@@ -15,11 +15,13 @@ ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu}  # the UNet's nonlinearity (DeepF
 class ResStyle:
     """How a ResBlock computes beyond its widths: its nonlinearity, BigGAN / ADM resampling inside the block
     ("down": 2x2 average pool, "up": nearest 2x, applied to h and x after the first norm; Brock et al. 2019),
-    and a divisor of its output (DeepFloyd IF's 1.414)."""
+    a divisor of its output (DeepFloyd IF's 1.414), and the convolutions' kernel (1: the fully connected
+    residual blocks of Versatile Diffusion's text flow, Xu et al. 2023)."""
 
     act: str = "silu"
     resample: str | None = None
     out_scale: float = 1.0
+    kernel: int = 3
 
 
 class ResBlock(nn.Module):
@@ -40,11 +42,12 @@ class ResBlock(nn.Module):
         super().__init__()
         self.scale_shift, self.style, self.act = scale_shift, style, ACTIVATIONS[style.act]
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        k = style.kernel
+        self.conv1 = nn.Conv2d(in_channels, out_channels, k, padding=k // 2)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if scale_shift else out_channels)
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, k, padding=k // 2)
         nn.init.zeros_(self.conv2.weight)  # a fresh block starts as its skip path (ADM zero_module)
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
