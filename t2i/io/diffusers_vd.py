@@ -2,7 +2,8 @@
 `MultiFlowUNet`: the diffusers UNet key map (t2i.io.diffusers_unet) applied to each UNet, its attention rows
 moved to the context layers of the UNet's modality (VD stores image-context attention in image_unet and
 text-context attention in text_unet), the rest to that modality's data layers. The one time embedding is
-image_unet's (in the VD checkpoint text_unet's is the same; Xu et al. 2023 share it)."""
+image_unet's (in the VD checkpoint text_unet's is the same; Xu et al. 2023 share it). Also VD's image
+encoder, transformers' CLIPVisionModelWithProjection, as a t2i ViT (its context is every projected token)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from typing import Any
 
 import torch
 
+from t2i.io.clip_text import transformers_table
 from t2i.io.diffusers_unet import WEIGHTS_NAME, diffusers_table, unet_config_from_diffusers
-from t2i.io.keymap import Rename, from_layout
+from t2i.io.keymap import Rename, from_layout, renames
 from t2i.io.weights import load_into, read_model_folder
+from t2i.nn.transformer import TextTransformerConfig, TransformerConfig
+from t2i.nn.vit import ViT, ViTConfig
 from t2i.nn.multiflow import MultiFlowConfig, MultiFlowUNet, attention_slots
 from t2i.nn.unet import UNet
 
@@ -96,3 +100,37 @@ def _build(image_cfg: dict[str, Any], text_cfg: dict[str, Any], state: dict[str,
     load_into(model, from_layout(vd_table(config), state, expected=expected, ignore=ignore, where="diffusers VD"),
               where="diffusers VD")
     return model
+
+
+def vit_config_from_transformers(d: dict[str, Any]) -> ViTConfig:
+    """A transformers CLIPVisionConfig dict -> ViTConfig (projected; VD's image context reads every token)."""
+    act = d.get("hidden_act", "quick_gelu")
+    if act not in ("quick_gelu", "gelu"):
+        raise ValueError(f"unsupported CLIP vision hidden_act {act!r} (quick_gelu or gelu)")
+    width = d.get("hidden_size", 768)
+    tower = TransformerConfig(width=width, layers=d.get("num_hidden_layers", 12), heads=d.get("num_attention_heads", 12),
+                              mlp_dim=d.get("intermediate_size", 3072), activation=act, eps=d.get("layer_norm_eps", 1e-5))
+    return ViTConfig(image_size=d.get("image_size", 224), patch_size=d.get("patch_size", 32),
+                     in_channels=d.get("num_channels", 3), transformer=tower, proj_dim=d.get("projection_dim", 512))
+
+
+def vit_table(cfg: ViTConfig) -> list[Rename]:
+    """Every t2i ViT tensor and its CLIPVisionModelWithProjection name (the layers as CLIP text's)."""
+    p = "vision_model."
+    layers = [r for r in transformers_table(TextTransformerConfig(transformer=cfg.transformer), p)
+              if r.ours.startswith("transformer.")]
+    return [Rename("patch_embedding.weight", (f"{p}embeddings.patch_embedding.weight",)),
+            Rename("class_embedding", (f"{p}embeddings.class_embedding",)),
+            Rename("position_embedding", (f"{p}embeddings.position_embedding.weight",)),
+            *renames("pre_norm", f"{p}pre_layrnorm"), *layers, *renames("final_norm", f"{p}post_layernorm"),
+            Rename("proj.weight", ("visual_projection.weight",))]
+
+
+def vit_from_transformers(model: Any) -> ViT:
+    """A t2i ViT from a transformers CLIPVisionModelWithProjection (module with .config and .state_dict())."""
+    vit = ViT(vit_config_from_transformers(model.config.to_dict()))
+    expected = {k: v.shape for k, v in vit.state_dict().items()}
+    state = from_layout(vit_table(vit.config), model.state_dict(), expected=expected, ignore=("position_ids",),
+                        where="CLIP vision")
+    load_into(vit, state, where="CLIP vision")
+    return vit.eval()

@@ -164,3 +164,8 @@ class MultiFlowUNet(nn.Module):
         vector = flow.data == "text" and x.ndim == 2
         out = self.flow(flow)(x[:, :, None, None] if vector else x, t, context=context, context_mask=context_mask)
         return out[:, :, 0, 0] if vector else out  # (B, D) or (B, C, H, W)
+
+
+def token_context(tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """Projected CLIP tokens (B, L, E) over the norm of the projected pooled vector (B, E): VD's context scale."""
+    return tokens / pooled.norm(dim=-1)[:, None, None]  # (B, L, E)
