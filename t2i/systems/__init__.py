@@ -13,9 +13,11 @@ from t2i.systems.request import CAPABILITIES, GenerationRequest
 from t2i.systems.system import REGISTRY, System, SystemBase, register
 from t2i.systems.unclip import UnCLIP
 from t2i.systems.unclip_config import UnCLIPConfig
+from t2i.systems.vd import VersatileDiffusion
+from t2i.systems.vd_config import VDConfig
 
 SYSTEMS = REGISTRY  # system.json's "system" -> the class that loads that folder
 
 __all__ = ["CAPABILITIES", "Cascade", "CascadeConfig", "StageConfig", "ControlNetSystem", "ControlNetSystemConfig", "GLIDE", "GLIDEConfig", "GLIDEStageConfig", "GenerationRequest", "Imagen", "ImagenConfig", "LDM", "LDMConfig",
            "REGISTRY", "SYSTEMS", "SamplingConfig", "ScheduleConfig", "System", "SystemBase", "TextConfig",
-           "UnCLIP", "UnCLIPConfig", "register"]
+           "UnCLIP", "UnCLIPConfig", "VDConfig", "VersatileDiffusion", "register"]

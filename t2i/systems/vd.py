@@ -1,0 +1,142 @@
+"""Versatile Diffusion (Xu et al. 2023): one multi-flow network over image latents, CLIP's text and image tokens
+the contexts. text -> image is the (image, text) flow, a variation the (image, image) flow over the image's own
+tokens (sec. 4), dual guidance mixes both contexts' attention by `mix` (sec. 3.3, DualTransformer2DModel).
+
+Composition only: the network is t2i.nn.multiflow, the math t2i.diffusion, sampling the stage's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from t2i.encoders.clip import CLIPModel
+from t2i.encoders.tokenizer import WordTokenizer
+from t2i.nn.autoencoder import AutoencoderKL
+from t2i.nn.multiflow import Flow, MultiFlowUNet, token_context
+from t2i.systems.base import image_to_tensor, load_parts, read_system, save_parts, tensor_to_images, write_system_json
+from t2i.systems.request import GenerationRequest
+from t2i.systems.stage import Guidance, StageRun, sample_stage, stage_denoiser
+from t2i.systems.system import SystemBase, register
+from t2i.systems.vd_config import VDConfig, tiny_config
+
+MIN_SIDE = 8  # smaller input images are refused
+
+
+@register("vd")
+class VersatileDiffusion(SystemBase):
+    """`generate(prompt)`, `vary(image, n)`, `mix(prompt, image, mix)`: flows of one MultiFlowUNet."""
+
+    def __init__(self, config: VDConfig, clip: CLIPModel, name: str = "vd"):
+        super().__init__()
+        self.config, self.clip, self.name = config, clip, name
+        self.net, self.autoencoder = MultiFlowUNet(config.net), AutoencoderKL(config.autoencoder)
+        self.schedule = config.schedule.build()
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "VersatileDiffusion":
+        """A tiny random system (`tiny_config`, 16 px), for contract tests."""
+        torch.manual_seed(seed)
+        return cls(tiny_config(), CLIPModel(tiny_config().clip, WordTokenizer.for_shapes()), "tiny-vd")
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(("txt2img", "vary"))
+
+    @property
+    def default_sampling(self):
+        return self.config.sampling
+
+    def text_context(self, captions: list[str]) -> torch.Tensor:
+        """CLIP's projected text tokens (B, L, E), scaled as VD scales them (the text context)."""
+        pooled, tokens, _ = self.clip.text(captions)
+        return token_context(self.clip.text_projection(tokens), self.clip.text_projection(pooled))
+
+    def image_context(self, pixels: torch.Tensor) -> torch.Tensor:
+        """CLIP's projected image tokens (B, 1 + N, E) of pixels in [-1, 1] (the image context)."""
+        side = self.config.clip.image.image_size
+        pixels = torch.nn.functional.interpolate(pixels, size=(side, side), mode="bilinear", antialias=True)
+        pooled, tokens = self.clip.image(pixels.to(self.device))
+        return token_context(self.clip.image.proj(tokens), pooled)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> pixels (B, 3, H, W) in [0, 1]."""
+        return (self.autoencoder.decode(self.autoencoder.unscale(latents)) / 2 + 0.5).clamp(0, 1).float().cpu()
+
+    def draw(self, flow: Flow, contexts: tuple[torch.Tensor, torch.Tensor], r: GenerationRequest,
+             generator: torch.Generator, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] of one image-data flow: contexts (cond, uncond) (B, L, E), the request's
+        size, sampler, steps and guidance."""
+        cfg, (settings, scale) = self.config, self.sampling(r)
+        width, height = r.size(cfg.sample_size)
+        self.check_size(width, height, cfg.size_multiple)
+        cond, uncond = contexts
+        down = cfg.autoencoder.downscale
+        shape = (cond.shape[0], cfg.autoencoder.latent_channels, height // down, width // down)
+        guidance = Guidance(scale, {"context": uncond} if scale != 1 else None)
+        den = stage_denoiser(self.net.flow(flow), self.schedule, cfg.prediction, guidance, [])
+        run = StageRun(shape, settings, {"context": cond}, progress=progress, device=self.device,
+                       dtype=next(self.net.parameters()).dtype)
+        return self.decode(sample_stage(den, run, generator))
+
+    def run(self, r: GenerationRequest, progress: Callable[[int], None] | None,
+            generator: torch.Generator) -> torch.Tensor:
+        contexts = self.text_context(r.batch), self.text_context([r.negative_prompt] * len(r.batch))
+        return self.draw(Flow("image", "text"), contexts, r, generator, progress)
+
+    def _pixels(self, image: Image.Image) -> torch.Tensor:
+        """A PIL image as (1, 3, H, W) in [-1, 1]; a non-image or a tiny one is a one-line error."""
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"expected a PIL image, got {type(image).__name__}")
+        if min(image.size) < MIN_SIDE:
+            raise ValueError(f"the image is {image.size[0]}x{image.size[1]} px; VD needs at least {MIN_SIDE} px a side")
+        return image_to_tensor(image)
+
+    def image_contexts(self, image: Image.Image, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image's context and the negative's (a flat gray image's, as VD's variation pipeline), n rows each."""
+        pixels = self._pixels(image)
+        both = self.image_context(torch.cat([pixels, torch.zeros_like(pixels)]))  # gray = 0 in [-1, 1]
+        return both[:1].expand(n, -1, -1), both[1:].expand(n, -1, -1)
+
+    @torch.no_grad()
+    def vary(self, image: Image.Image, n: int = 4, *, seed: int = 0, steps: int | None = None,
+             guidance: float | None = None) -> list[Image.Image]:
+        """n variations of an image: the (image, image) flow over its CLIP image tokens (VD sec. 4)."""
+        if n < 1:
+            raise ValueError(f"vary needs n >= 1 (got {n})")
+        r = GenerationRequest(("(variation)",) * n, seed=seed, steps=steps, guidance=guidance)  # sampling settings
+        x = self.draw(Flow("image", "image"), self.image_contexts(image, n), r, torch.Generator().manual_seed(seed))
+        return tensor_to_images(x)
+
+    @torch.no_grad()
+    def mix(self, prompt: str, image: Image.Image, mix: float = 0.5, n: int = 1, *, seed: int = 0,
+            steps: int | None = None, guidance: float | None = None) -> list[Image.Image]:
+        """Dual guidance: text and image contexts at once, the text's attention weighted mix (0: the image's flow,
+        1: the prompt's; VD sec. 3.3)."""
+        if not isinstance(mix, (int, float)) or not 0 <= mix <= 1:
+            raise ValueError(f"mix must be a number in [0, 1] (got {mix!r})")
+        if n < 1:
+            raise ValueError(f"mix needs n >= 1 (got {n})")
+        image_cond, image_uncond = self.image_contexts(image, n)
+        text_cond, text_uncond = self.text_context([prompt] * n), self.text_context([""] * n)
+        contexts = torch.cat([text_cond, image_cond], 1), torch.cat([text_uncond, image_uncond], 1)  # (n, L_t + L_i, E)
+        r = GenerationRequest((prompt,) * n, seed=seed, steps=steps, guidance=guidance)
+        flow = Flow.dual("image", mix, text_cond.shape[1])
+        return tensor_to_images(self.draw(flow, contexts, r, torch.Generator().manual_seed(seed)))
+
+    def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        folder = save_parts(Path(folder), {"net": self.net, "autoencoder": self.autoencoder, "clip": self.clip}, dtype)
+        (folder / "tokenizer.json").write_text(self.clip.tokenizer.to_json())
+        write_system_json(folder, "vd", 1, self.name, self.config)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, name: str | None = None) -> "VersatileDiffusion":
+        folder = Path(folder)
+        config, saved = read_system(folder, "vd", 1, VDConfig)
+        system = cls(config, CLIPModel(config.clip, WordTokenizer.from_json((folder / "tokenizer.json").read_text())),
+                     name or saved)
+        load_parts(folder, {"net": system.net, "autoencoder": system.autoencoder, "clip": system.clip})
+        return system.eval()

@@ -1,0 +1,83 @@
+"""The `vd` system on tiny random weights: text -> image, variations, dual guidance whose ends are the two single
+flows, one-line errors for bad input, and the network's parts (global, data, context layers) shared by flows."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2i.nn.multiflow import Flow
+from t2i.systems import SYSTEMS, GenerationRequest
+from t2i.systems.vd import VersatileDiffusion
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def vd():
+    torch.manual_seed(0)
+    system = VersatileDiffusion.tiny()
+    with torch.no_grad():  # fresh weights zero some layers: noise everywhere so every path matters
+        for p in system.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return system.eval()
+
+
+def _image():
+    a = np.zeros((16, 16, 3), np.uint8)
+    a[3:10, 4:12] = (220, 40, 40)
+    return Image.fromarray(a)
+
+
+def test_registered_and_capabilities(vd):
+    assert SYSTEMS["vd"] is VersatileDiffusion
+    assert vd.supports("txt2img") and vd.supports("vary") and not vd.supports("caption")
+
+
+def test_flows_share_layers_and_differ(vd):
+    net = vd.net
+    names = {k.split(".")[0] for k in net.state_dict()}
+    assert names == {"time_embed", "data", "context"}
+    a, b = net.flow(Flow("image", "text")), net.flow(Flow("image", "image"))
+    assert a.down[0].res is b.down[0].res and a.time_embed is b.time_embed is net.time_embed
+    assert a.down[0].attn is net.context["text"][0] and b.down[0].attn is net.context["image"][0]
+    t = net.flow(Flow("text", "text"))
+    assert t.down[0].attn is a.down[0].attn  # one text-context layer serves image and text data
+    x, ctx = torch.randn(1, 4, 4, 4), torch.randn(1, 5, 16)
+    with torch.no_grad():
+        assert (net(x, 3.0, flow=Flow("image", "text"), context=ctx)
+                - net(x, 3.0, flow=Flow("image", "image"), context=ctx)).abs().max() > 1e-3
+        assert net(torch.randn(2, 16), 3.0, flow=Flow("text", "image"), context=ctx.expand(2, -1, -1)).shape == (2, 16)
+
+
+def test_vary_makes_n_images_and_seed_matters(vd):
+    a, b = vd.vary(_image(), n=2, seed=1), vd.vary(_image(), n=2, seed=2)
+    assert len(a) == 2 and a[0].size == (16, 16)
+    assert np.abs(np.asarray(a[0], np.float32) - np.asarray(b[0], np.float32)).max() > 2
+
+
+def test_mix_ends_are_the_single_flows(vd):
+    """mix = 0 is the image's variation, mix = 1 the prompt's text -> image (same seed, same noise)."""
+    prompt, image, r = "a red circle", _image(), GenerationRequest(("a red circle",), seed=3)
+    with torch.no_grad():
+        text = vd.draw(Flow("image", "text"), (vd.text_context([prompt]), vd.text_context([""])), r,
+                       torch.Generator().manual_seed(3))
+        image_only = vd.draw(Flow("image", "image"), vd.image_contexts(image, 1), r, torch.Generator().manual_seed(3))
+    for mix, want in ((1.0, text), (0.0, image_only)):
+        got = np.asarray(vd.mix(prompt, image, mix, seed=3)[0], np.float32) / 255
+        assert np.abs(got - want[0].permute(1, 2, 0).numpy()).max() <= 1 / 255 + 1e-6, mix
+    half = np.asarray(vd.mix(prompt, image, 0.5, seed=3)[0], np.float32) / 255
+    assert np.abs(half - text[0].permute(1, 2, 0).numpy()).max() > 1e-2
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda s: s.mix("a red circle", _image(), 1.5), r"mix must be a number in \[0, 1\]"),
+    (lambda s: s.mix("a red circle", _image(), "half"), r"mix must be a number"),
+    (lambda s: s.vary("not an image"), "expected a PIL image"),
+    (lambda s: s.vary(Image.new("RGB", (4, 4))), "at least 8 px"),
+    (lambda s: s.vary(_image(), n=0), "n >= 1"),
+])
+def test_bad_input_is_a_one_line_error(vd, call, match):
+    with pytest.raises(ValueError, match=match) as e:
+        call(vd)
+    assert "\n" not in str(e.value)
