@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 
@@ -308,7 +309,8 @@ def _unclip_args(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def _add_vary(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("vary", help="variations of an image (unCLIP: its CLIP image embedding decoded anew)")
+    p = sub.add_parser("vary", help="variations of an image (unCLIP: its CLIP image embedding decoded anew; "
+                                       "vd: the image flow over its CLIP image tokens)")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("-n", "--num-images", type=int, default=4, metavar="N", help="variations (default: 4)")
     p.add_argument("--toward", metavar="TEXT", help="a text diff: move the image's embedding toward this caption")
@@ -340,7 +342,7 @@ def _unclip_inputs(args: argparse.Namespace, names: list[str], n: int):
     except (ValueError, OSError, KeyError) as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
     if not (hasattr(system, "supports") and system.supports("vary")):
-        raise UsageError(f"'{args.model or args.system}' does not make variations (an unclip system does)")
+        raise UsageError(f"'{args.model or args.system}' does not make variations (an unclip or vd system does)")
     return paths, grid, images, system
 
 
@@ -350,9 +352,11 @@ def _run_vary(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         raise UsageError(f"-n {args.num_images}: must be at least 1")
     paths, grid, (image,), system = _unclip_inputs(args, ["image"], args.num_images)
+    if args.toward and "toward" not in inspect.signature(system.vary).parameters:
+        raise UsageError(f"'{system.name}' makes variations without --toward (an unclip system takes it)")
+    text_diff = dict(toward=args.toward, amount=args.amount, source=args.source) if args.toward else {}
     try:
-        images = system.vary(image, args.num_images, toward=args.toward, amount=args.amount, source=args.source,
-                             seed=args.seed)
+        images = system.vary(image, args.num_images, seed=args.seed, **text_diff)
     except ValueError as e:
         raise UsageError(str(e).splitlines()[0]) from None
     meta = {"model": system.name, "seed": str(args.seed), "mode": "vary", "source_image": str(args.image),

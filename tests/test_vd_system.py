@@ -81,3 +81,17 @@ def test_bad_input_is_a_one_line_error(vd, call, match):
     with pytest.raises(ValueError, match=match) as e:
         call(vd)
     assert "\n" not in str(e.value)
+
+
+def test_cli_vary_with_a_vd_folder(vd, tmp_path, capsys):
+    from t2i.cli import main
+
+    folder = vd.save(tmp_path / "vd")
+    _image().save(tmp_path / "a.png")
+    out = tmp_path / "v.png"
+    assert main(["vary", str(tmp_path / "a.png"), "-n", "2", "--model", str(folder), "--out", str(out)]) == 0
+    written = sorted(p.name for p in tmp_path.glob("v*.png"))
+    assert len(written) == 3, written  # two variations and their grid
+    assert main(["vary", str(tmp_path / "a.png"), "--model", str(folder), "--toward", "a blue square",
+                 "--out", str(out)]) == 2
+    assert "without --toward" in capsys.readouterr().err
