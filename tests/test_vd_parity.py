@@ -209,3 +209,18 @@ def test_every_flow_matches_the_diffusers_module_that_computes_it(vd):
         print(f"{name}: max abs difference {diff:.1e} (output scale {float(theirs.abs().max()):.2f})")
         assert diff <= 1e-10, name
     assert (outs["image/text"][0] - outs["image/image"][0]).abs().max() > 1e-2  # the context layers matter
+
+
+def test_folder_loads_like_the_modules(vd, tmp_path):
+    """image_unet/ and text_unet/ folders (as save_pretrained writes them) give the same network."""
+    from t2i.io.diffusers_vd import load_diffusers_vd_unets
+
+    for name in ("image_unet", "text_unet"):
+        vd[name].save_pretrained(tmp_path / name, safe_serialization=True)
+    a, b = load_diffusers_vd_unets(tmp_path), multiflow_from_diffusers(vd["image_unet"], vd["text_unet"])
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    bad = dict(vd["text_unet"].config, block_out_channels=[32, 32])
+    with pytest.raises(ValueError, match="differ from image_unet"):
+        from t2i.io.diffusers_vd import vd_config_from_diffusers
+        vd_config_from_diffusers(dict(vd["image_unet"].config), bad)
