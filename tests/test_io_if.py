@@ -55,17 +55,29 @@ def test_if_unet_matches_diffusers(stage):
     assert err <= 1e-4
 
 
-def if_stage_one(tmp_path, dtype):
+def ddim_clipping():
+    """A DDIM scheduler clipping x0 (IF's thresholding at sample_max_value 1)."""
+    scheduler = diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2", thresholding=True, sample_max_value=1.0,
+                                        dynamic_thresholding_ratio=0.95, prediction_type="epsilon")
+    scheduler.register_to_config(variance_type="fixed_small")  # IFPipeline reads it from any scheduler
+    return scheduler
+
+
+def if_ddpm():
+    """IF-I-XL's own scheduler_config: DDPM with the learned variance, thresholding capped at 1.5."""
+    return diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range", thresholding=True,
+                                   sample_max_value=1.5, dynamic_thresholding_ratio=0.95, clip_sample=True,
+                                   prediction_type="epsilon")
+
+
+def if_stage_one(tmp_path, dtype, scheduler):
     """(t2i's image, IFPipeline's image): stage I with prompt embeddings given (the pipeline needs no tokenizer
-    for them), a DDIM scheduler clipping x0 (IF's thresholding at sample_max_value 1), 5 steps, w = 4, same noise."""
-    from t2i.io.diffusers_if import if_sampling, load_if_unet
+    for them), the given scheduler, 5 steps, w = 4, same noise."""
+    from t2i.io.diffusers_if import if_sampling, learned_variance, load_if_unet
     from t2i.systems.stage import Guidance, StageRun, sample_stage, stage_denoiser
 
     unet = tiny_if_unet(IF_UNET)
     unet.save_pretrained(tmp_path / "unet", safe_serialization=True)
-    scheduler = diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2", thresholding=True, sample_max_value=1.0,
-                                        dynamic_thresholding_ratio=0.95, prediction_type="epsilon")
-    scheduler.register_to_config(variance_type="fixed_small")  # IFPipeline reads it from any scheduler
     pipe = diffusers.IFPipeline(tokenizer=None, text_encoder=None, unet=unet.to(dtype), scheduler=scheduler,
                                 safety_checker=None, feature_extractor=None, watermarker=None,
                                 requires_safety_checker=False)
@@ -75,35 +87,45 @@ def if_stage_one(tmp_path, dtype):
     theirs = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=5, guidance_scale=4.0,
                   height=16, width=16, generator=torch.Generator().manual_seed(7), output_type="pt").images
 
-    ours = load_if_unet(tmp_path / "unet").eval().to(dtype)
-    assert ours.config.out_channels == 3  # the learned-variance half dropped
-    schedule, prediction, settings, threshold = if_sampling({"_class_name": "DDIMScheduler", **scheduler.config},
-                                                            steps=5, guidance=4.0)
-    assert threshold == "static" and settings.model_eps  # diffusers' DDIM: the direction term keeps the raw eps
-    den = stage_denoiser(ours, schedule.build(), prediction, Guidance(4.0, {"context": negative}, None, threshold), [])
+    d = {"_class_name": type(scheduler).__name__, **scheduler.config}
+    ours = load_if_unet(tmp_path / "unet", learned_variance(d)).eval().to(dtype)
+    assert ours.config.out_channels == (6 if learned_variance(d) else 3)  # the learned-variance half kept or dropped
+    schedule, prediction, settings, threshold = if_sampling(d, steps=5, guidance=4.0)
+    den = stage_denoiser(ours, schedule.build(), prediction, Guidance(4.0, {"context": negative}, None, threshold), [],
+                         learned_variance=learned_variance(d))
     run = StageRun((1, 3, 16, 16), settings, {"context": embeds}, dtype=dtype)
     with torch.no_grad():
         return sample_stage(den, run, torch.Generator().manual_seed(7)), theirs
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-4), (torch.float32, 1e-3)])
-def test_if_stage_one_pipeline_matches_t2i(tmp_path, dtype, tol):
-    """IFPipeline (stage I) and t2i's DDIM over the converted UNet give the same image from the same noise. In
+@pytest.mark.parametrize("scheduler", ["ddim_clipping", "if_ddpm"])
+def test_if_stage_one_pipeline_matches_t2i(tmp_path, dtype, tol, scheduler):
+    """IFPipeline (stage I) and t2i over the converted UNet give the same image from the same noise: DDIM clipping
+    x0, and IF's own DDPM (learned variance, the conditional branch's; dynamic thresholding capped at 1.5). In
     float64 the sampling paths agree to the schedule's float32 rounding in diffusers (3e-5); in float32 the UNets'
     1e-5 rounding differences grow over the 5 guided steps (to 3e-4), hence the looser float32 tolerance."""
-    mine, theirs = if_stage_one(tmp_path, dtype)
+    scheduler = globals()[scheduler]()
+    if dtype == torch.float64 and isinstance(scheduler, diffusers.DDPMScheduler):
+        # diffusers keeps its tables in float32; the learned variance's log(beta_tilde) magnifies their rounding
+        # to 2.9e-4 in the image, so in float64 it steps over t2i's float64 cosine table (then 6e-6)
+        from t2i.diffusion.config import ScheduleConfig
+        scheduler.alphas_cumprod = ScheduleConfig.named("cosine").build().alphas_cumprod.double()
+    mine, theirs = if_stage_one(tmp_path, dtype, scheduler)
     err = (mine - theirs).abs().max().item()
-    print(f"IF stage I pipeline ({dtype}, DDIM, 5 steps, w=4): max |t2i - diffusers| = {err:.2e}")
+    print(f"IF stage I pipeline ({dtype}, {type(scheduler).__name__}, 5 steps, w=4): max |t2i - diffusers| = {err:.2e}")
     assert err <= tol and theirs.std() > 0.05 and (theirs.abs() < 0.999).float().mean() > 0.5
 
 
-def test_if_sampling_refuses_what_t2i_cannot_reproduce():
-    from t2i.io.diffusers_if import if_sampling
+def test_if_sampling_maps_the_real_scheduler_configs():
+    from t2i.io.diffusers_if import if_sampling, learned_variance
 
-    with pytest.raises(ValueError, match="learned variance"):
-        if_sampling({"_class_name": "DDPMScheduler", "variance_type": "learned_range"})
-    with pytest.raises(ValueError, match="sample_max_value"):
-        if_sampling({"_class_name": "DDIMScheduler", "thresholding": True, "sample_max_value": 1.5})
+    d = {"_class_name": "DDPMScheduler", **if_ddpm().config}
+    _, prediction, settings, threshold = if_sampling(d, steps=20)
+    assert learned_variance(d) and prediction == "eps" and settings.sampler == "ddpm"
+    assert threshold == settings.threshold == "dynamic:0.95:1.5"
+    d = {"_class_name": "DDIMScheduler", "thresholding": True, "sample_max_value": 1.0}
+    assert if_sampling(d)[3] == "static" and not learned_variance(d)
 
 
 class GivenEmbeddings(torch.nn.Module):
@@ -206,3 +228,63 @@ def test_if_stage_one_with_t5_matches_t2i(tmp_path):
     err = (mine - theirs).abs().max().item()
     print(f"IF stage I pipeline with T5 (float64, DDIM, 4 steps, w=4): max |t2i - diffusers| = {err:.2e}")
     assert err <= 2e-4 and theirs.std() > 0.05
+
+
+def test_convert_if_cascade_matches_the_if_pipelines(tmp_path):
+    """convert_if(stage I folder, stage II folder) -> a t2i Imagen whose cascade equals IFPipeline then
+    IFSuperResolutionPipeline with their own DDPM schedulers (learned variance; thresholding capped at 1.5 for
+    stage I, 1.0 for stage II), the T5 prompt encoding, one generator drawn through both, float64."""
+    pytest.importorskip("tokenizers")
+    from test_encoders_t5 import _word_tokenizer_json, tiny_hf_t5
+
+    from t2i.encoders.registry import encode_prompts
+    from t2i.io.diffusers_if import convert_if
+    from t2i.systems.request import GenerationRequest
+
+    one, two = tmp_path / "IF-I", tmp_path / "IF-II"
+    transformers, _, t5 = tiny_hf_t5("gated-gelu")
+    t5.save_pretrained(one / "text_encoder")
+    _word_tokenizer_json(one / "text_encoder" / "tokenizer.json", ["a", "red", "circle", "blue", "star"])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(one / "text_encoder" / "tokenizer.json"),
+                                                     pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    unet, sr_unet = tiny_if_unet(IF_UNET), tiny_if_unet(IF_SR_UNET, seed=1)
+    sr_scheduler = diffusers.DDPMScheduler(**{**if_ddpm().config, "sample_max_value": 1.0})
+    noising = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    for folder, parts in ((one, dict(unet=unet, scheduler=if_ddpm())),
+                          (two, dict(unet=sr_unet, scheduler=sr_scheduler, image_noising_scheduler=noising))):
+        for part, module in parts.items():
+            module.save_pretrained(folder / part)
+
+    system = convert_if(one, two, steps=(4, 3), guidance=(4.0, 3.0)).double()
+    assert [s.config.learned_variance for s in system.stages] == [True, True]
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        mine = system.run(GenerationRequest(("a red circle",)), None, g)
+        base = convert_if(one, steps=(4, 3), guidance=(4.0, 3.0)).double()
+        mine_low = base.run(GenerationRequest(("a red circle",)), None, torch.Generator().manual_seed(7))
+
+    table = system.stages[0].schedule.alphas_cumprod.double()  # float64 tables (see the stage I test)
+    pipe = diffusers.IFPipeline(tokenizer=tokenizer, text_encoder=t5.double(), unet=unet.double(),
+                                scheduler=if_ddpm(), safety_checker=None, feature_extractor=None, watermarker=None,
+                                requires_safety_checker=False)
+    sr_pipe = diffusers.IFSuperResolutionPipeline(
+        tokenizer=None, text_encoder=None, unet=sr_unet.double(), scheduler=sr_scheduler, safety_checker=None,
+        image_noising_scheduler=noising, feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    for p in (pipe, sr_pipe):
+        p.set_progress_bar_config(disable=True)
+        p.scheduler.alphas_cumprod = table
+    noising.alphas_cumprod = table
+    embeds, negative = pipe.encode_prompt("a red circle", True, device="cpu", clean_caption=False)
+    ctx = encode_prompts(system.config.base.text, system.text_encoder, ["a red circle", ""])["context"]
+    assert (ctx - torch.cat([embeds, negative])).abs().max() <= 1e-6  # transformers' T5LayerNorm: float32 variance
+    embeds, negative = ctx.chunk(2)  # so the pipelines get t2i's (a random SR UNet grows 5e-7 to 2e-3)
+    g = torch.Generator().manual_seed(7)
+    low = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=4, guidance_scale=4.0,
+               height=16, width=16, generator=g, output_type="pt").images
+    theirs = sr_pipe(image=low, prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=3,
+                     guidance_scale=3.0, noise_level=250, height=32, width=32, generator=g, output_type="pt").images
+    err_low = (mine_low - (low / 2 + 0.5).clamp(0, 1)).abs().max().item()
+    err = (mine - (theirs / 2 + 0.5).clamp(0, 1)).abs().max().item()
+    print(f"convert_if (float64, DDPM learned variance, 4 + 3 steps): stage I {err_low:.2e}, cascade {err:.2e}")
+    # stage II's random UNet (weights + N(0, 0.1)) grows stage I's 1e-5 difference ~40x
+    assert mine.shape == (1, 3, 32, 32) and err_low <= 1e-4 and err <= 5e-4 and theirs.std() > 0.05

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from t2i.config import Config, check_fields  # noqa: F401  (check_fields re-exported)
+from t2i.diffusion.guidance import parse_threshold
 from t2i.diffusion.samplers import SAMPLERS
 from t2i.diffusion.schedules import BETA_SCHEDULES, TIMESTEP_SPACINGS, DiscreteSchedule, karras_sigmas
 
@@ -53,6 +54,7 @@ class SamplingConfig(Config):
     eta: float = 0.0  # DDIM's eta
     clip_sample: float = 0.0  # > 0: clip x0 predictions to [-clip_sample, clip_sample]
     model_eps: bool = False  # DDIM steps along the network's eps, not the thresholded x0's (diffusers' DDIM)
+    threshold: str = ""  # the stage's own thresholding (parse_threshold, e.g. IF's "dynamic:0.95:1.5"); "": clip_sample
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -63,6 +65,8 @@ class SamplingConfig(Config):
             raise ValueError("final_sigma must be 'zero' or 'min' and init_noise 'vp' or 'sigma'")
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.threshold:
+            parse_threshold(self.threshold)
 
     def timesteps(self, schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
         """Descending (possibly fractional) timesteps of `steps` model evaluations."""

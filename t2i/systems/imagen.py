@@ -31,14 +31,16 @@ PARTS = ("base", "sr")  # the stages' subfolders (unet.safetensors each)
 @dataclass(frozen=True)
 class ImagenConfig(Config):
     """A base stage and an optional super-resolution stage whose low-res input is the base image; both read
-    the base's text config (one frozen encoder). `threshold` is the thresholding a request without one gets."""
+    the base's text config (one frozen encoder). `threshold` is the thresholding a request without one gets
+    ("": each stage's own, `SamplingConfig.threshold`, as DeepFloyd IF's stages threshold differently)."""
 
     base: PixelStageConfig = PixelStageConfig()
     sr: PixelStageConfig | None = None
     threshold: str = "dynamic:0.995"  # Saharia et al. 2022, sec. 2.3
 
     def __post_init__(self) -> None:
-        parse_threshold(self.threshold)
+        if self.threshold:
+            parse_threshold(self.threshold)
         if self.base.lowres_size or self.base.inpaint:
             raise ValueError("the base stage takes no low-res image and no mask")
         sr = self.sr
@@ -105,7 +107,7 @@ class Imagen(SystemBase):
         """Images (B, 3, H, W) in [0, 1]; width / height are the final size. The request's steps, sampler and
         guidance apply to the base stage, its threshold (default: the config's) and aug_level to all."""
         cfg, (settings, scale) = self.config, self.sampling(r)
-        r = r if r.threshold is not None else dataclasses.replace(r, threshold=cfg.threshold)
+        r = r if r.threshold is not None or not cfg.threshold else dataclasses.replace(r, threshold=cfg.threshold)
         width, height = r.size(cfg.stages[-1].sample_size)
         self.check_size(width, height, cfg.factor * 2 ** cfg.base.unet.downsamples)
         x = self.stages[0].sample(r, StagePlan(settings, scale, None, (height // cfg.factor, width // cfg.factor)),

@@ -42,13 +42,14 @@ class PixelStageConfig(Config):
     lowres_noise: float = 0.0  # its noise augmentation at sampling time, a fraction of the timesteps
     inpaint: bool = False  # the UNet takes the mask and the masked image as 4 extra input channels
     upsample_first: bool = False  # DeepFloyd IF: x_T drawn, then the low-res image enlarged and augmented (sampling)
+    learned_variance: bool = False  # the UNet also outputs DDPM's variance value (Improved DDPM; GLIDE, IF)
 
     def __post_init__(self) -> None:
-        want = 3 + 3 * bool(self.lowres_size) + 4 * self.inpaint
-        if self.unet.out_channels != 3 or self.unet.in_channels != want:
+        want, out = 3 + 3 * bool(self.lowres_size) + 4 * self.inpaint, 3 * (1 + self.learned_variance)
+        if self.unet.out_channels != out or self.unet.in_channels != want:
             raise ValueError(f"a UNet with {self.unet.in_channels} -> {self.unet.out_channels} channels does not "
                              f"fit this stage: in_channels must be {want} (3 + 3 low-res + 4 inpainting, as set), "
-                             "out_channels 3")
+                             f"out_channels {out} (3, twice with learned_variance)")
         if not 0 <= self.lowres_noise < 1 or self.lowres_size >= self.sample_size:
             raise ValueError("lowres_noise must be in [0, 1) and lowres_size smaller than sample_size")
 
@@ -115,5 +116,5 @@ class PixelStage(nn.Module):
         fresh = pixels is None or (r.mask is not None and plan.strength == 1)
         run = StageRun(shape, plan.settings, cond, plan.strength, init=None if fresh else pixels, known=pixels,
                        repaint=repaint, noise=noise, progress=progress, device=weight.device, dtype=weight.dtype)
-        den = stage_denoiser(self.unet, self.schedule, c.prediction, guidance, concat, extra)
+        den = stage_denoiser(self.unet, self.schedule, c.prediction, guidance, concat, extra, c.learned_variance)
         return sample_stage(den, run, generator)

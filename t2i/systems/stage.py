@@ -46,11 +46,13 @@ def guided(denoiser: Denoiser, guidance: Guidance, extra: Cond | None = None) ->
 
 
 def stage_denoiser(net: nn.Module, schedule: DiscreteSchedule, prediction: str, guidance: Guidance,
-                   concat: list[torch.Tensor], extra: Cond | None = None) -> Denoiser:
+                   concat: list[torch.Tensor], extra: Cond | None = None, learned_variance: bool = False) -> Denoiser:
     """A stage's network as a guided denoiser; `concat` (low-res image, mask + masked image) enters as
-    extra input channels, `extra` (e.g. a prior's vector as `pooled`) as prompt-independent inputs."""
+    extra input channels, `extra` (e.g. a prior's vector as `pooled`) as prompt-independent inputs; with
+    `learned_variance` the network also outputs the variance value DDPM samples with (GLIDE, IF, unCLIP)."""
     extra = {**(extra or {}), **({"concat": torch.cat(concat, dim=1)} if concat else {})}
-    return guided(DiscreteDenoiser(ConcatInputs(net) if concat else net, schedule, prediction), guidance, extra)
+    net = ConcatInputs(net) if concat else net
+    return guided(DiscreteDenoiser(net, schedule, prediction, learned_variance), guidance, extra)
 
 
 def augmented_lowres(x: torch.Tensor, size: tuple[int, int], schedule: DiscreteSchedule, level: float,
@@ -92,9 +94,9 @@ def prompt_warnings(system: nn.Module, r: GenerationRequest) -> list[str]:
 
 
 def default_threshold(settings: SamplingConfig, asked: str | None) -> str:
-    """The thresholding a request asks, else the stage's clip_sample (static) or none."""
-    if asked is not None:
-        return asked
+    """The thresholding a request asks, else the stage's own, its clip_sample (static) or none."""
+    if asked is not None or settings.threshold:
+        return asked if asked is not None else settings.threshold
     return f"static:{settings.clip_sample}" if settings.clip_sample > 0 else "none"
 
 
