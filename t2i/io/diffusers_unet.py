@@ -210,9 +210,11 @@ def _resblock(ours: str, theirs: str, has_skip: bool) -> list[Rename]:
     return rows + (renames(f"{ours}.skip", f"{theirs}.conv_shortcut") if has_skip else [])
 
 
-def _simple_attention(ours: str, theirs: str) -> list[Rename]:
-    """DeepFloyd IF's attention (diffusers AttnAddedKVProcessor) <-> t2i's ADM/GLIDE AttentionBlock."""
-    rows = renames(f"{ours}.norm", f"{theirs}.group_norm") + renames(f"{ours}.context_norm", f"{theirs}.norm_cross")
+def _simple_attention(ours: str, theirs: str, context_norm: bool) -> list[Rename]:
+    """DeepFloyd IF's and Karlo's attention (diffusers AttnAddedKVProcessor) <-> t2i's ADM/GLIDE AttentionBlock;
+    IF GroupNorms the context first (cross_attention_norm="group_norm"), Karlo's decoder does not."""
+    rows = renames(f"{ours}.norm", f"{theirs}.group_norm")
+    rows += renames(f"{ours}.context_norm", f"{theirs}.norm_cross") if context_norm else []
     rows += renames(f"{ours}.attn.to_qkv", (f"{theirs}.to_q", f"{theirs}.to_k", f"{theirs}.to_v"))
     rows += renames(f"{ours}.attn.to_context_kv", (f"{theirs}.add_k_proj", f"{theirs}.add_v_proj"))
     return rows + renames(f"{ours}.attn.to_out", f"{theirs}.to_out.0")
@@ -258,7 +260,7 @@ def diffusers_table(cfg: UNetConfig, *, linear_projection: bool = False) -> list
 
     def attention(ours: str, theirs: str) -> list[Rename]:
         if cfg.attention_block == "adm":
-            return _simple_attention(ours, theirs)
+            return _simple_attention(ours, theirs, cfg.context_norm_groups is not None)
         return _transformer(ours, theirs, cfg.transformer_depth, conv)
 
     rows = renames("time_embed.linear_1", "time_embedding.linear_1") + renames("time_embed.linear_2", "time_embedding.linear_2")
