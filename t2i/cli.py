@@ -67,6 +67,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", metavar="FILE", help="write the result as JSON")
     s.set_defaults(func=_run_eval_inpaint)
     _add_eval_control(benches)
+    _add_eval_caption(benches)
 
 
 def _add_eval_control(benches: argparse._SubParsersAction) -> None:
@@ -104,6 +105,41 @@ def _run_eval_control(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             f.write(json.dumps({"model": args.model or "real", "kinds": rows}, indent=2) + "\n")
+    return 0
+
+
+def _add_eval_caption(benches: argparse._SubParsersAction) -> None:
+    s = benches.add_parser("caption", help="captions of held-out ShapesWorld scenes that name every object's colour "
+                                           "and shape (vd's image -> text)")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="NAME|PATH", help="a system with captions (vd) or its folder")
+    src.add_argument("--real", action="store_true", help="score the scenes' own captions (the ceiling)")
+    s.add_argument("--n", type=int, default=100, help="scenes (default: 100)")
+    s.add_argument("--steps", type=int, default=None, help="--model: sampler steps (default: the model's)")
+    s.add_argument("--guidance", type=float, default=None, help="--model: guidance scale (default: the model's)")
+    s.add_argument("--device", default="cpu", help="--model: torch device")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    s.set_defaults(func=_run_eval_caption, system=None)
+
+
+def _run_eval_caption(args: argparse.Namespace) -> int:
+    import json
+
+    from t2i.eval.caption import caption_score, system_captioner, truth_captioner
+
+    if args.n < 1:
+        raise UsageError(f"--n must be at least 1, got {args.n}")
+    captioner = truth_captioner() if args.real else system_captioner(_text_flow_system(args, "caption"), args.seed,
+                                                                    args.steps, args.guidance)
+    try:
+        score = caption_score(captioner, args.n)
+    except ValueError as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    print(f"captions naming every object's colour and shape: {score:.3f} ({args.n} held-out scenes)")
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps({"model": args.model or "real", "n": args.n, "score": score}, indent=2) + "\n")
     return 0
 
 
@@ -243,6 +279,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", metavar="FILE", help="init image (img2img; with --mask, inpainting)")
     p.add_argument("--mask", metavar="FILE", help="inpainting mask, white = repaint (needs --image)")
     p.add_argument("--strength", type=float, default=None, help="how much of the init image to redraw, (0, 1]")
+    p.add_argument("--mix", type=float, default=None, metavar="M",
+                   help="dual guidance (vd): the prompt's weight in [0, 1] against --image's (0: the image's variation)")
     p.add_argument("--feather", type=float, default=0.0, metavar="PX",
                    help="with --mask: fade the repainted region in over PX pixels inside the mask's edge")
     p.add_argument("--control", action="append", metavar="FILE", help="a control image (a ControlNet system, "
@@ -386,12 +424,85 @@ def _run_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_text_flows(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("caption", help="captions of an image (vd: the text flow over its CLIP image tokens)")
+    p.add_argument("image", metavar="IMAGE")
+    _text_flow_args(p)
+    p.set_defaults(func=_run_caption)
+    p = sub.add_parser("vary-text", help="variations of a caption (vd: the text flow over its CLIP text tokens)")
+    p.add_argument("caption", metavar="CAPTION")
+    _text_flow_args(p)
+    p.set_defaults(func=_run_vary_text)
+
+
+def _text_flow_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--system", default="vd", help="a named system with text flows (default: vd)")
+    src.add_argument("--model", metavar="PATH", help="a t2i vd folder")
+    p.add_argument("-n", type=int, default=1, metavar="N", help="captions to write (default: 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before loading)")
+    p.add_argument("--max-input-pixels", type=int, default=4096 * 4096, metavar="P",
+                   help="largest input image, checked before decoding (default: 4096x4096)")
+
+
+def _text_flow_system(args: argparse.Namespace, method: str):
+    """The system of `caption` / `vary-text` / `eval caption`, checked to have the text flow `method`."""
+    from t2i.api import check_device, load
+
+    try:
+        check_device(args.device)
+        system = load(args.model or args.system, device=args.device)
+    except (ValueError, OSError, KeyError) as e:
+        raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
+    if not callable(getattr(system, method, None)):
+        raise UsageError(f"'{args.model or args.system}' has no {method.replace('_', '-')} flow (a vd system has)")
+    return system
+
+
+def _print_texts(make) -> int:
+    """Run a text flow and print its captions, one a line; a ValueError is a one-line usage error."""
+    try:
+        texts = make()
+    except ValueError as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    for text in texts:
+        print(text)
+    return 0
+
+
+def _run_caption(args: argparse.Namespace) -> int:
+    from t2i.api import open_image
+
+    if args.n < 1:
+        raise UsageError(f"-n {args.n}: must be at least 1")
+    try:
+        image = open_image(args.image, "image", args.max_input_pixels)
+    except (ValueError, OSError) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    system = _text_flow_system(args, "caption")
+    return _print_texts(lambda: system.caption(image, args.n, seed=args.seed, steps=args.steps,
+                                               guidance=args.guidance))
+
+
+def _run_vary_text(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise UsageError(f"-n {args.n}: must be at least 1")
+    if not args.caption.strip():
+        raise UsageError("the caption is empty: give the text to vary")
+    system = _text_flow_system(args, "vary_text")
+    return _print_texts(lambda: system.vary_text(args.caption, args.n, seed=args.seed, steps=args.steps,
+                                                 guidance=args.guidance))
+
+
 # The flag of each GenerationRequest field a one-line error may name first.
 FLAGS = {"steps": "--steps", "num_images": "-n", "seed": "--seed", "guidance": "--guidance", "width": "--width",
          "height": "--height", "strength": "--strength", "precision": "--precision", "feather": "--feather",
          "batch_size": "--batch-size", "max_pixels": "--max-pixels", "max_input_pixels": "--max-input-pixels",
          "max_images": "--max-images", "control_type": "--control-type", "control_scale": "--control-scale",
-         "control": "--control", "threshold": "--threshold", "aug_level": "--aug-level"}
+         "control": "--control", "threshold": "--threshold", "aug_level": "--aug-level", "mix": "--mix"}
 
 
 def _flagged(e: Exception) -> UsageError:
@@ -432,7 +543,7 @@ def _request(args: argparse.Namespace):
             strength=strength if image is not None else 1.0, precision=args.precision, progress=not args.no_progress,
             feather=getattr(args, "feather", 0.0), batch_size=args.batch_size, limits=limits,
             control=controls or None, control_type=getattr(args, "control_type", None),
-            control_scale=getattr(args, "control_scale", None) or 1.0)
+            control_scale=getattr(args, "control_scale", None) or 1.0, mix=getattr(args, "mix", None))
     except ValueError as e:
         raise _flagged(e) from None
 
@@ -540,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_img2img(sub)
     _add_inpaint(sub)
     _add_vary(sub)
+    _add_text_flows(sub)
     _add_interpolate(sub)
     _add_convert(sub)
     _add_serve(sub)

@@ -55,7 +55,10 @@ def test_negative_prompt_changes_the_output(system):
 
 def test_unsupported_capability_is_a_clear_error(system):
     unsupported = [c for c in CAPABILITIES if not system.supports(c)]
-    assert unsupported, "every system lacks some capability (caption at least)"
+    assert unsupported, "every system lacks some capability"
+    if "mix" in unsupported:
+        with pytest.raises(ValueError, match="does not support mix"):
+            system.generate("a red circle", image=Image.new("RGB", (16, 16)), mix=0.5)
     if "control" in unsupported:
         with pytest.raises(ValueError, match="does not support control"):
             system.generate("a red circle", control=Image.new("RGB", (16, 16)))
@@ -76,3 +79,14 @@ def test_png_metadata_is_written(system, tmp_path):
     with Image.open(paths[1]) as im:
         assert im.info["prompt"] == "a red circle" and im.info["seed"] == "7" and im.info["batch_index"] == "1"
         assert im.info["model"] == system.name
+
+
+def test_caption_capability(system):
+    """A system that supports caption gives n captions of an image, the same for the same seed; one that does not
+    has no caption method to call."""
+    image = Image.new("RGB", (16, 16), (220, 40, 40))
+    if not system.supports("caption"):
+        assert not callable(getattr(system, "caption", None))
+        return
+    a = system.caption(image, n=2, seed=1)
+    assert len(a) == 2 and all(isinstance(c, str) for c in a) and a == system.caption(image, n=2, seed=1)

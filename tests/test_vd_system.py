@@ -1,5 +1,6 @@
 """The `vd` system on tiny random weights: text -> image, variations, dual guidance whose ends are the two single
-flows, one-line errors for bad input, and the network's parts (global, data, context layers) shared by flows."""
+flows (from Python and `t2i generate --mix`), the text flows (caption, vary_text and their commands), one-line
+errors for bad input, and the network's parts (global, data, context layers) shared by flows."""
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def _image():
 
 def test_registered_and_capabilities(vd):
     assert SYSTEMS["vd"] is VersatileDiffusion
-    assert vd.supports("txt2img") and vd.supports("vary") and not vd.supports("caption")
+    assert all(vd.supports(c) for c in ("txt2img", "vary", "caption", "mix")) and not vd.supports("img2img")
 
 
 def test_flows_share_layers_and_differ(vd):
@@ -71,8 +72,14 @@ def test_mix_ends_are_the_single_flows(vd):
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda s: s.mix("a red circle", _image(), 1.5), r"mix must be a number in \[0, 1\]"),
-    (lambda s: s.mix("a red circle", _image(), "half"), r"mix must be a number"),
+    (lambda s: s.mix("a red circle", _image(), 1.5), r"mix must be in \[0, 1\]"),
+    (lambda s: s.mix("a red circle", _image(), "half"), r"mix must be a finite number"),
+    (lambda s: s.mix("a red circle", "not an image", 0.5), "image"),
+    (lambda s: s.generate("a red circle", mix=0.5), "mix needs an image"),
+    (lambda s: s.vary_text("  "), "the caption is empty"),
+    (lambda s: s.vary_text("a red circle", n=0), "n >= 1"),
+    (lambda s: s.caption("not an image"), "expected a PIL image"),
+    (lambda s: s.caption(_image(), n=0), "n >= 1"),
     (lambda s: s.vary("not an image"), "expected a PIL image"),
     (lambda s: s.vary(Image.new("RGB", (4, 4))), "at least 8 px"),
     (lambda s: s.vary(_image(), n=0), "n >= 1"),
@@ -95,3 +102,57 @@ def test_cli_vary_with_a_vd_folder(vd, tmp_path, capsys):
     assert main(["vary", str(tmp_path / "a.png"), "--model", str(folder), "--toward", "a blue square",
                  "--out", str(out)]) == 2
     assert "without --toward" in capsys.readouterr().err
+
+
+def test_text_flows_make_n_captions_from_the_vocabulary(vd):
+    words = set(vd.clip.tokenizer.vocab)
+    for texts in (vd.caption(_image(), n=3, seed=1), vd.vary_text("a red circle", n=3, seed=1)):
+        assert len(texts) == 3 and all(isinstance(t, str) and set(t.split()) <= words for t in texts)
+    assert vd.caption(_image(), n=2, seed=4) == vd.caption(_image(), n=2, seed=4)
+
+
+def test_cli_text_flows_and_mix(vd, tmp_path, capsys):
+    from t2i.cli import main
+
+    folder = str(vd.save(tmp_path / "vd"))
+    _image().save(tmp_path / "a.png")
+    assert main(["caption", str(tmp_path / "a.png"), "--model", folder, "-n", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["vary-text", "a red circle", "--model", folder, "-n", "3"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    out = tmp_path / "m.png"
+    assert main(["generate", "a blue square", "--model", folder, "--image", str(tmp_path / "a.png"), "--mix", "0.5",
+                 "--out", str(out), "--no-progress"]) == 0
+    with Image.open(out) as im:
+        assert im.info["mix"] == "0.5" and im.info["mode"] == "mix" and im.size == (16, 16)
+    (tmp_path / "not.png").write_text("text")
+    for argv, match in ((["vary-text", " ", "--model", folder], "the caption is empty"),
+                        (["caption", str(tmp_path / "not.png"), "--model", folder], "not an image"),
+                        (["generate", "x", "--model", folder, "--image", str(tmp_path / "a.png"), "--mix", "1.5"],
+                         "--mix must be in [0, 1]"),
+                        (["generate", "x", "--model", folder, "--mix", "0.5"], "--mix needs an image")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert match in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_caption_parser_scores_the_scenes_own_captions():
+    from t2i.eval.caption import caption_score, names_every_object, named_objects, truth_captioner
+
+    assert caption_score(truth_captioner(), 40) == 1.0
+    assert named_objects("two large red circles and a square that is blue") == [(2, "red", "circle"),
+                                                                                 (1, "blue", "square")]
+    objs = [{"color": "red", "shape": "circle"}, {"color": "blue", "shape": "star"}]
+    assert names_every_object("a blue star below a red circle on a black background", objs)
+    assert not names_every_object("a red circle", objs) and not names_every_object("two stars", objs[1:])
+    assert not names_every_object("a red circle and a blue star and a green cross", objs)
+
+
+def test_cli_eval_caption(vd, tmp_path, capsys):
+    from t2i.cli import main
+
+    assert main(["eval", "caption", "--real", "--n", "10"]) == 0
+    assert "1.000" in capsys.readouterr().out
+    folder = str(vd.save(tmp_path / "vd"))
+    assert main(["eval", "caption", "--model", folder, "--n", "2", "--json", str(tmp_path / "c.json")]) == 0
+    assert 0 <= __import__("json").loads((tmp_path / "c.json").read_text())["score"] <= 1

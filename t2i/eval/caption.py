@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import torch
+from PIL import Image
 
 from t2i.encoders.shapes_words import COLOR_NAMES, NUMBER_WORDS, PLURALS, SHAPES
 from t2i.encoders.tokenizer import split_words
@@ -46,8 +47,9 @@ def named_objects(caption: str) -> list[tuple[int, str | None, str]]:
         if w not in _SINGULAR:
             continue
         color = words[i - 1] if i > 0 and words[i - 1] in COLOR_NAMES else None
-        if color is None and words[i + 1:i + 3] == ["that", "is"] and i + 3 < len(words) and words[i + 3] in COLOR_NAMES:
-            color = words[i + 3]
+        after = words[i + 1:i + 4]
+        if color is None and after[:2] == ["that", "is"] and len(after) == 3 and after[2] in COLOR_NAMES:
+            color = after[2]
         lead = [words[j] for j in range(max(i - 3, 0), i) if words[j] in _COUNTS]
         out.append((_COUNTS[lead[-1]] if lead else 1, color, _SINGULAR[w]))
     return out
@@ -61,11 +63,30 @@ def names_every_object(caption: str, objects: Iterable[dict]) -> bool:
         (o["color"], o["shape"]) for o in objects}
 
 
-def caption_score(captioner: Callable[[list[int]], list[str]], n: int, seed: int = HELD_OUT_SEED) -> float:
-    """Fraction of the first n scenes of world `seed` whose caption (captioner(indices) -> one caption each) names
-    every object's colour and shape (the [vd] image -> text measure, `t2i eval caption`)."""
+def caption_score(caption_image: Callable[[Image.Image], str], n: int, seed: int = HELD_OUT_SEED,
+                  size: int = 64) -> float:
+    """Fraction of the first n scenes of world `seed`, rendered at `size` px, whose caption (caption_image(image))
+    names every object's colour and shape (the [vd] image -> text measure, `t2i eval caption`)."""
+    from t2i.data.render import render
     from t2i.data.shapes import ShapesWorld
 
-    world = ShapesWorld(size=64, seed=seed, length=n)
-    captions = captioner(list(range(n)))
-    return sum(names_every_object(c, world.scene(i).to_dict()["objects"]) for i, c in enumerate(captions)) / n
+    world = ShapesWorld(size=size, seed=seed, length=n)
+    hits = 0
+    for i in range(n):
+        scene = world.scene(i)
+        hits += names_every_object(caption_image(render(scene, size)), scene.to_dict()["objects"])
+    return hits / n
+
+
+def truth_captioner(seed: int = HELD_OUT_SEED) -> Callable[[Image.Image], str]:
+    """The scenes' own first caption ('objects' kind), in scene order (the measure's ceiling)."""
+    from t2i.data.shapes import ShapesWorld
+
+    world, count = ShapesWorld(size=16, seed=seed), iter(range(10**9))
+    return lambda image: world.scene_and_captions(next(count))[1][0]
+
+
+def system_captioner(system: Any, seed: int = 0, steps: int | None = None,
+                     guidance: float | None = None) -> Callable[[Image.Image], str]:
+    """One caption of an image from a system's image -> text flow (`system.caption(image, 1)`)."""
+    return lambda image: system.caption(image, 1, seed=seed, steps=steps, guidance=guidance)[0]

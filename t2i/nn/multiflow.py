@@ -169,3 +169,16 @@ class MultiFlowUNet(nn.Module):
 def token_context(tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
     """Projected CLIP tokens (B, L, E) over the norm of the projected pooled vector (B, E): VD's context scale."""
     return tokens / pooled.norm(dim=-1)[:, None, None]  # (B, L, E)
+
+
+class FlowNet(nn.Module):
+    """One flow of a MultiFlowUNet as a plain network (x, t, context) -> prediction: what a stage's denoiser calls,
+    text latents (B, D) included."""
+
+    def __init__(self, net: MultiFlowUNet, flow: Flow):
+        super().__init__()
+        self.net, self.flow = net, flow
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x, t, flow=self.flow, context=context, context_mask=context_mask)

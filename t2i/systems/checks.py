@@ -122,3 +122,9 @@ def check_request(r: Any) -> None:
     if not 0.0 <= r.feather <= 256:
         raise ValueError(f"feather must be in [0, 256] px, got {r.feather}")
     check_images(r, _raise_with)
+    if r.mix is not None:
+        _finite("mix", r.mix)
+        if not 0.0 <= r.mix <= 1.0:
+            raise ValueError(f"mix must be in [0, 1] (the prompt's weight against the image's), got {r.mix}")
+        if r.image is None or r.mask is not None or r.control is not None:
+            raise ValueError("mix needs an image (dual guidance mixes the prompt with an image) and no mask or control")

@@ -14,7 +14,7 @@ from t2i.io.images import image_to_tensor, keep_outside, mask_to_tensor
 from t2i.systems.checks import (CONTROL_TYPES, GUIDANCE_TYPES, MAX_SEED, PRECISIONS, RequestLimits,  # noqa: F401
                                 check_request)
 
-CAPABILITIES = ("txt2img", "img2img", "inpaint", "vary", "control", "caption")
+CAPABILITIES = ("txt2img", "img2img", "inpaint", "vary", "control", "caption", "mix")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class GenerationRequest:
     precision: str = "fp32"  # fp32 | bf16 | auto: the networks under bf16 autocast (auto: where bf16 is native)
     progress: bool = False  # show a progress bar
     feather: float = 0.0  # inpainting: px over which the repainted region fades into the kept one (inside the mask)
+    mix: float | None = None  # dual guidance (Versatile Diffusion): prompt and image contexts, the prompt's weight
     batch_size: int = 8  # images sampled at once: larger batches run in chunks of this many, so memory stays flat
     limits: RequestLimits = RequestLimits()
 
@@ -59,7 +60,9 @@ class GenerationRequest:
 
     @property
     def capability(self) -> str:
-        """What this request asks of a system: txt2img, img2img, inpaint or control."""
+        """What this request asks of a system: txt2img, img2img, inpaint, control or mix."""
+        if self.mix is not None:
+            return "mix"
         if self.mask is not None:
             return "inpaint"
         if self.control is not None:
@@ -85,9 +88,10 @@ class GenerationRequest:
                 for i in range(0, len(batch), self.batch_size)]
 
     def size(self, default: int) -> tuple[int, int]:
-        """(width, height): as asked, else the init image's, else default x default."""
-        w = self.width if self.width is not None else (self.image.size[0] if self.image is not None else default)
-        h = self.height if self.height is not None else (self.image.size[1] if self.image is not None else default)
+        """(width, height): as asked, else the init image's (not a mixed context image's), else default x default."""
+        own = self.image is not None and self.mix is None
+        w = self.width if self.width is not None else (self.image.size[0] if own else default)
+        h = self.height if self.height is not None else (self.image.size[1] if own else default)
         return w, h
 
     def pixels(self, size: tuple[int, int]) -> torch.Tensor | None:
@@ -113,7 +117,9 @@ class GenerationRequest:
         if self.precision != "fp32":
             meta["precision"] = self.precision
         meta.update({k: str(v) for k in ("threshold", "aug_level") if (v := getattr(self, k)) is not None})
-        if self.image is not None:
+        if self.mix is not None:
+            meta.update(mode="mix", mix=f"{self.mix:g}")
+        elif self.image is not None:
             meta.update(mode="inpaint" if self.mask is not None else "img2img", strength=str(self.strength))
         if self.control is not None:
             meta.update(control_type=",".join(str(t) for t in self.control_type),

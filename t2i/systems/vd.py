@@ -1,6 +1,7 @@
 """Versatile Diffusion (Xu et al. 2023): one multi-flow network over image latents, CLIP's text and image tokens
 the contexts. text -> image is the (image, text) flow, a variation the (image, image) flow over the image's own
-tokens (sec. 4), dual guidance mixes both contexts' attention by `mix` (sec. 3.3, DualTransformer2DModel).
+tokens (sec. 4), dual guidance mixes both contexts' attention by `mix` (sec. 3.3, DualTransformer2DModel); the
+text flows (caption, vary_text) are t2i.systems.vd_text's.
 
 Composition only: the network is t2i.nn.multiflow, the math t2i.diffusion, sampling the stage's."""
 
@@ -16,23 +17,30 @@ from t2i.encoders.clip import CLIPModel
 from t2i.encoders.tokenizer import WordTokenizer
 from t2i.nn.autoencoder import AutoencoderKL
 from t2i.nn.multiflow import Flow, MultiFlowUNet, token_context
+from t2i.nn.text_vae import TextVAE
 from t2i.systems.base import image_to_tensor, load_parts, read_system, save_parts, tensor_to_images, write_system_json
 from t2i.systems.request import GenerationRequest
 from t2i.systems.stage import Guidance, StageRun, sample_stage, stage_denoiser
 from t2i.systems.system import SystemBase, register
 from t2i.systems.vd_config import VDConfig, tiny_config
+from t2i.systems.vd_text import TextFlows
 
 MIN_SIDE = 8  # smaller input images are refused
 
 
 @register("vd")
-class VersatileDiffusion(SystemBase):
-    """`generate(prompt)`, `vary(image, n)`, `mix(prompt, image, mix)`: flows of one MultiFlowUNet."""
+class VersatileDiffusion(TextFlows, SystemBase):
+    """`generate(prompt)`, `vary(image, n)`, `mix(prompt, image, mix)`, `caption(image, n)`, `vary_text(caption, n)`:
+    flows of one MultiFlowUNet."""
 
     def __init__(self, config: VDConfig, clip: CLIPModel, name: str = "vd"):
         super().__init__()
         self.config, self.clip, self.name = config, clip, name
         self.net, self.autoencoder = MultiFlowUNet(config.net), AutoencoderKL(config.autoencoder)
+        if len(clip.tokenizer) != config.text_vae.vocab_size:
+            raise ValueError(f"the text VAE reads {config.text_vae.vocab_size} ids; the tokenizer has "
+                             f"{len(clip.tokenizer)}")
+        self.text_vae = TextVAE(config.text_vae)
         self.schedule = config.schedule.build()
 
     @classmethod
@@ -43,7 +51,7 @@ class VersatileDiffusion(SystemBase):
 
     @property
     def capabilities(self) -> frozenset[str]:
-        return frozenset(("txt2img", "vary"))
+        return frozenset(("txt2img", "vary", "caption", "mix"))
 
     @property
     def default_sampling(self):
@@ -83,8 +91,12 @@ class VersatileDiffusion(SystemBase):
 
     def run(self, r: GenerationRequest, progress: Callable[[int], None] | None,
             generator: torch.Generator) -> torch.Tensor:
-        contexts = self.text_context(r.batch), self.text_context([r.negative_prompt] * len(r.batch))
-        return self.draw(Flow("image", "text"), contexts, r, generator, progress)
+        """text -> image (the (image, text) flow), or with r.mix VD's dual guidance over the prompt and r.image."""
+        text = self.text_context(r.batch), self.text_context([r.negative_prompt] * len(r.batch))
+        if r.mix is None:
+            return self.draw(Flow("image", "text"), text, r, generator, progress)
+        both = tuple(torch.cat(c, 1) for c in zip(text, self.image_contexts(r.image, len(r.batch))))  # (B, L_t+L_i, E)
+        return self.draw(Flow.dual("image", r.mix, text[0].shape[1]), both, r, generator, progress)
 
     def _pixels(self, image: Image.Image) -> torch.Tensor:
         """A PIL image as (1, 3, H, W) in [-1, 1]; a non-image or a tiny one is a one-line error."""
@@ -110,24 +122,17 @@ class VersatileDiffusion(SystemBase):
         x = self.draw(Flow("image", "image"), self.image_contexts(image, n), r, torch.Generator().manual_seed(seed))
         return tensor_to_images(x)
 
-    @torch.no_grad()
     def mix(self, prompt: str, image: Image.Image, mix: float = 0.5, n: int = 1, *, seed: int = 0,
             steps: int | None = None, guidance: float | None = None) -> list[Image.Image]:
         """Dual guidance: text and image contexts at once, the text's attention weighted mix (0: the image's flow,
-        1: the prompt's; VD sec. 3.3)."""
-        if not isinstance(mix, (int, float)) or not 0 <= mix <= 1:
-            raise ValueError(f"mix must be a number in [0, 1] (got {mix!r})")
-        if n < 1:
-            raise ValueError(f"mix needs n >= 1 (got {n})")
-        image_cond, image_uncond = self.image_contexts(image, n)
-        text_cond, text_uncond = self.text_context([prompt] * n), self.text_context([""] * n)
-        contexts = torch.cat([text_cond, image_cond], 1), torch.cat([text_uncond, image_uncond], 1)  # (n, L_t + L_i, E)
-        r = GenerationRequest((prompt,) * n, seed=seed, steps=steps, guidance=guidance)
-        flow = Flow.dual("image", mix, text_cond.shape[1])
-        return tensor_to_images(self.draw(flow, contexts, r, torch.Generator().manual_seed(seed)))
+        1: the prompt's; VD sec. 3.3); `generate(prompt, image=image, mix=mix)`."""
+        return self.generate(prompt, image=image, mix=mix, num_images=n, seed=seed, steps=steps, guidance=guidance)
+
+    def parts(self) -> dict[str, torch.nn.Module]:
+        return {"net": self.net, "autoencoder": self.autoencoder, "clip": self.clip, "text_vae": self.text_vae}
 
     def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        folder = save_parts(Path(folder), {"net": self.net, "autoencoder": self.autoencoder, "clip": self.clip}, dtype)
+        folder = save_parts(Path(folder), self.parts(), dtype)
         (folder / "tokenizer.json").write_text(self.clip.tokenizer.to_json())
         write_system_json(folder, "vd", 1, self.name, self.config)
         return folder
@@ -138,5 +143,5 @@ class VersatileDiffusion(SystemBase):
         config, saved = read_system(folder, "vd", 1, VDConfig)
         system = cls(config, CLIPModel(config.clip, WordTokenizer.from_json((folder / "tokenizer.json").read_text())),
                      name or saved)
-        load_parts(folder, {"net": system.net, "autoencoder": system.autoencoder, "clip": system.clip})
+        load_parts(folder, system.parts())
         return system.eval()
