@@ -142,6 +142,28 @@ class MultiFlowUNet(nn.Module):
         # each UNet's attention layers become its modality's context layers (VD stores them so)
         self.context = nn.ModuleDict({"image": _take_attention(image), "text": _take_attention(text)})
 
+    @torch.no_grad()
+    def init_from_unet(self, unet: UNet) -> list[str]:
+        """Start the global time embedding and the image data layers from a text-to-image UNet of the same levels,
+        and both contexts' attention layers from its attention wherever shapes fit (VD starts from Stable
+        Diffusion, Xu et al. 2023 sec. 4); returns the keys left as initialised (other context widths, ...)."""
+        src, left = unet.state_dict(), []
+
+        def take(module: nn.Module, prefix: str) -> None:
+            for k, v in module.state_dict().items():
+                s = src.get(prefix + k)
+                if s is not None and s.shape == v.shape:
+                    v.copy_(s)
+                else:
+                    left.append(prefix + k)
+
+        take(self.time_embed, "time_embed.")
+        take(self.data["image"], "")
+        for i, slot in enumerate(self.slots):  # "down.0" -> the UNet's down.0.attn, "mid" -> mid.attn
+            for modality in CONTEXTS:
+                take(self.context[modality][i], f"{slot}.attn.")
+        return left
+
     def flow(self, flow: Flow) -> UNet:
         """The UNet of one flow, assembled from the shared global, data and context layers (no copies)."""
         if flow.context == "dual":

@@ -90,3 +90,21 @@ class TextVAEStage:
 
     def extras(self) -> dict[str, bytes]:
         return {"tokenizer.json": self.tokenizer.to_json().encode()}
+
+
+def frozen_text_vae(run: str | Path) -> tuple[nn.Module, Any]:
+    """The EMA text VAE of a text_vae run's newest good checkpoint (or of a checkpoint folder), frozen, in eval
+    mode, and its tokenizer."""
+    from t2i.io.weights import load_into
+    from t2i.train.checkpoint import latest_checkpoint, read_checkpoint
+
+    run = Path(run)
+    path = run if (run / "manifest.json").is_file() else latest_checkpoint(run / "checkpoints", log=lambda m: None)
+    if path is None or not path.is_dir():
+        raise RecipeError(f"text_vae_run = '{run}': no complete checkpoint there (t2i train shapes_text_vae first)")
+    ckpt = read_checkpoint(path)
+    if ckpt.config.get("stage") != "text_vae":
+        raise RecipeError(f"text_vae_run = '{run}': not a text_vae run")
+    vae, tok = build_text_vae(TextVAEOptions.from_dict(ckpt.config["text_vae"]), ckpt.extra("tokenizer.json").decode())
+    load_into(vae, {k[len("text_vae."):]: v for k, v in ckpt.ema.items() if k.startswith("text_vae.")}, where=str(path))
+    return vae.eval().requires_grad_(False), tok
