@@ -1,5 +1,7 @@
 """ControlEval: does a ControlNet put the objects where its control map says? Held-out ShapesWorld scenes are
-rendered, annotated (`t2i.data.annotate`, as a user would), and generated from with their captions; the
+rendered, annotated (`t2i.data.annotate`, as a user would), and generated from with their first caption (the
+one that names every object's colour and shape: a map tells where, not which colour; "four triangles" would
+leave the colours to chance); the
 detector (t2i.eval.detector) matches each scene object to a generated one of the same colour and shape whose
 centre lies within CENTER_TOL of the side, and scores its box IoU. An image passes when every object is
 matched with IoU >= MIN_BOX_IOU. The base LDM without control is the reference row (it sees the caption only).
@@ -60,7 +62,8 @@ def evaluate_control(generate_fn: GenerateFn, kinds: tuple[str, ...], n: int = 3
     for kind in (*kinds, *(["base (no control)"] if reference else [])):
         scores = []
         for i in range(n):
-            scene, _, caption = world.scene_and_captions(i)
+            scene, captions, _ = world.scene_and_captions(i)
+            caption = captions[0]  # the 'objects' kind: every object's colour and shape (the map says where)
             control = None if kind == "base (no control)" else annotate(render(scene, 64), kind, seed=i)
             scores.append(score_image(scene, generate_fn(caption, control, kind, i)))
         objects = sum(s["objects"] for s in scores)
