@@ -132,3 +132,14 @@ def test_sharded_weights_round_trip_and_stay_under_the_limit(tmp_path):
     assert back.keys() == state.keys() and all(torch.equal(back[k], v) for k, v in state.items())
     save_sharded(state, tmp_path / "small.safetensors")  # under the default limit: one plain file
     assert (tmp_path / "small.safetensors").is_file() and load_sharded(tmp_path / "small.safetensors").keys() == state.keys()
+
+
+def test_saved_weights_are_readable_like_other_files(tmp_path):
+    import stat
+
+    import torch
+
+    from t2i.io.weights import save_safetensors
+
+    path = save_safetensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

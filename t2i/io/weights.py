@@ -161,6 +161,7 @@ def save_safetensors(
         out[k] = t
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(out, str(path), metadata=meta or None)
+    os.chmod(path, 0o644)  # safetensors' writer leaves 0600; weights are as readable as the files beside them
     return path
 
 
