@@ -117,3 +117,15 @@ def load_text_encoder(text: TextConfig, folder: Path) -> nn.Module:
     if TEXT_ENCODERS[text.kind].trained:
         load_module(encoder.transformer, folder / "text_encoder.safetensors")
     return encoder
+
+
+def save_clip(clip: nn.Module, folder: Path) -> None:
+    """A ShapesWorld CLIP's word tokenizer into folder (its weights go with the system's parts)."""
+    (folder / "tokenizer.json").write_text(clip.tokenizer.to_json())
+
+
+def load_clip(config: Any, folder: Path) -> nn.Module:
+    """The ShapesWorld CLIP of `config` with the tokenizer `save_clip` wrote (weights loaded with the parts)."""
+    from t2i.encoders.clip import CLIPModel
+
+    return CLIPModel(config, WordTokenizer.from_json((folder / "tokenizer.json").read_text()))

@@ -18,7 +18,8 @@ from t2i.diffusion.config import SamplingConfig
 from t2i.encoders.clip import CLIPModel
 from t2i.encoders.tokenizer import WordTokenizer
 from t2i.nn.prior import slerp, text_diff
-from t2i.systems.base import image_to_tensor, load_parts, read_system, save_parts, tensor_to_images, write_system_json
+from t2i.systems.base import (image_to_tensor, load_clip, load_parts, read_system, save_clip, save_parts, tensor_to_images,
+                              write_system_json)
 from t2i.systems.cascade import NETWORKS, StageConfig
 from t2i.systems.request import GenerationRequest
 from t2i.systems.stage import Guidance, StageRun, aug_level_input, augmented_lowres, sample_stage, stage_denoiser
@@ -135,7 +136,7 @@ class UnCLIP(SystemBase):
 
     def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         folder = save_parts(Path(folder), {"stages": self.nets, "clip": self.clip}, dtype)
-        (folder / "tokenizer.json").write_text(self.clip.tokenizer.to_json())
+        save_clip(self.clip, folder)
         write_system_json(folder, "unclip", 1, self.name, self.config)
         return folder
 
@@ -143,7 +144,6 @@ class UnCLIP(SystemBase):
     def load(cls, folder: str | Path, name: str | None = None) -> "UnCLIP":
         folder = Path(folder)
         config, saved = read_system(folder, "unclip", 1, UnCLIPConfig)
-        system = cls(config, CLIPModel(config.clip, WordTokenizer.from_json((folder / "tokenizer.json").read_text())),
-                     name or saved)
+        system = cls(config, load_clip(config.clip, folder), name or saved)
         load_parts(folder, {"stages": system.nets, "clip": system.clip})
         return system.eval()

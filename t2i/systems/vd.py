@@ -18,7 +18,8 @@ from t2i.encoders.tokenizer import WordTokenizer
 from t2i.nn.autoencoder import AutoencoderKL
 from t2i.nn.multiflow import Flow, MultiFlowUNet, token_context
 from t2i.nn.text_vae import TextVAE
-from t2i.systems.base import image_to_tensor, load_parts, read_system, save_parts, tensor_to_images, write_system_json
+from t2i.systems.base import (image_to_tensor, load_clip, load_parts, read_system, save_clip, save_parts, tensor_to_images,
+                              write_system_json)
 from t2i.systems.request import GenerationRequest
 from t2i.systems.stage import Guidance, StageRun, sample_stage, stage_denoiser
 from t2i.systems.system import SystemBase, register
@@ -133,7 +134,7 @@ class VersatileDiffusion(TextFlows, SystemBase):
 
     def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         folder = save_parts(Path(folder), self.parts(), dtype)
-        (folder / "tokenizer.json").write_text(self.clip.tokenizer.to_json())
+        save_clip(self.clip, folder)
         write_system_json(folder, "vd", 1, self.name, self.config)
         return folder
 
@@ -141,7 +142,6 @@ class VersatileDiffusion(TextFlows, SystemBase):
     def load(cls, folder: str | Path, name: str | None = None) -> "VersatileDiffusion":
         folder = Path(folder)
         config, saved = read_system(folder, "vd", 1, VDConfig)
-        system = cls(config, CLIPModel(config.clip, WordTokenizer.from_json((folder / "tokenizer.json").read_text())),
-                     name or saved)
+        system = cls(config, load_clip(config.clip, folder), name or saved)
         load_parts(folder, system.parts())
         return system.eval()
