@@ -584,7 +584,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", nargs="+", help="a t2i folder, a diffusers folder, a single-file .safetensors or a `t2i "
                    "train` run (a noise-aware clip or classifier run becomes a GLIDE guide folder, e.g. "
                    "GLIDE_FOLDER/guide_clip); several controlnet runs (one control kind each) make one ControlNet "
-                   "system, e.g. t2i/weights/controlnet")
+                   "system, e.g. t2i/weights/controlnet; DeepFloyd IF's stage I then stage II diffusers folders "
+                   "make one Imagen cascade")
     p.add_argument("dst", help="where to write it (a new folder, or a .safetensors file for --to single-file)")
     p.add_argument("--to", choices=("t2i", "diffusers", "single-file"), default=None,
                    help="target layout (default: diffusers for a t2i folder, t2i otherwise)")

@@ -230,31 +230,38 @@ def test_if_stage_one_with_t5_matches_t2i(tmp_path):
     assert err <= 2e-4 and theirs.std() > 0.05
 
 
+def write_if_folders(one, two):
+    """Tiny random DeepFloyd IF folders as IFPipeline / IFSuperResolutionPipeline.save_pretrained write them (IF-I
+    with its T5 and the fast tokenizer's tokenizer.json in text_encoder/, its DDPM with the learned variance; IF-II
+    capped at 1.0, its image noising scheduler) -> (t5, tokenizer, unet, sr_unet, sr_scheduler, noising)."""
+    pytest.importorskip("tokenizers")
+    from test_encoders_t5 import _word_tokenizer_json, tiny_hf_t5
+
+    transformers, _, t5 = tiny_hf_t5("gated-gelu")
+    unet, sr_unet = tiny_if_unet(IF_UNET), tiny_if_unet(IF_SR_UNET, seed=1)
+    sr_scheduler = diffusers.DDPMScheduler(**{**if_ddpm().config, "sample_max_value": 1.0})
+    noising = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    none = dict(tokenizer=None, safety_checker=None, feature_extractor=None, watermarker=None,
+                requires_safety_checker=False)
+    diffusers.IFPipeline(text_encoder=t5, unet=unet, scheduler=if_ddpm(), **none).save_pretrained(one)
+    diffusers.IFSuperResolutionPipeline(text_encoder=None, unet=sr_unet, scheduler=sr_scheduler,
+                                        image_noising_scheduler=noising, **none).save_pretrained(two)
+    _word_tokenizer_json(one / "text_encoder" / "tokenizer.json", ["a", "red", "circle", "blue", "star"])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(one / "text_encoder" / "tokenizer.json"),
+                                                     pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return t5, tokenizer, unet, sr_unet, sr_scheduler, noising
+
+
 def test_convert_if_cascade_matches_the_if_pipelines(tmp_path):
     """convert_if(stage I folder, stage II folder) -> a t2i Imagen whose cascade equals IFPipeline then
     IFSuperResolutionPipeline with their own DDPM schedulers (learned variance; thresholding capped at 1.5 for
     stage I, 1.0 for stage II), the T5 prompt encoding, one generator drawn through both, float64."""
-    pytest.importorskip("tokenizers")
-    from test_encoders_t5 import _word_tokenizer_json, tiny_hf_t5
-
     from t2i.encoders.registry import encode_prompts
     from t2i.io.diffusers_if import convert_if
     from t2i.systems.request import GenerationRequest
 
     one, two = tmp_path / "IF-I", tmp_path / "IF-II"
-    transformers, _, t5 = tiny_hf_t5("gated-gelu")
-    t5.save_pretrained(one / "text_encoder")
-    _word_tokenizer_json(one / "text_encoder" / "tokenizer.json", ["a", "red", "circle", "blue", "star"])
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(one / "text_encoder" / "tokenizer.json"),
-                                                     pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    unet, sr_unet = tiny_if_unet(IF_UNET), tiny_if_unet(IF_SR_UNET, seed=1)
-    sr_scheduler = diffusers.DDPMScheduler(**{**if_ddpm().config, "sample_max_value": 1.0})
-    noising = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2")
-    for folder, parts in ((one, dict(unet=unet, scheduler=if_ddpm())),
-                          (two, dict(unet=sr_unet, scheduler=sr_scheduler, image_noising_scheduler=noising))):
-        for part, module in parts.items():
-            module.save_pretrained(folder / part)
-
+    t5, tokenizer, unet, sr_unet, sr_scheduler, noising = write_if_folders(one, two)
     system = convert_if(one, two, steps=(4, 3), guidance=(4.0, 3.0)).double()
     assert [s.config.learned_variance for s in system.stages] == [True, True]
     g = torch.Generator().manual_seed(7)

@@ -24,7 +24,8 @@ def convert(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str | os.
     original-layout .safetensors file (default: diffusers for a t2i folder, t2i for anything else);
     a t2i folder may store its weights as float16 or bfloat16 (`dtype`). A guide (a noise-aware clip or
     classifier run, or a guide folder) is written as a guide folder, e.g. a GLIDE folder's guide_clip/.
-    Several sources, or a `step`, are controlnet training runs: one ControlNet system of them (one kind each)."""
+    Several diffusers folders are one cascade (DeepFloyd IF's IFPipeline, then its IFSuperResolutionPipeline);
+    other sources, or a `step`, are controlnet training runs: one ControlNet system of them (one kind each)."""
     runs = [Path(s) for s in src] if isinstance(src, (list, tuple)) else [Path(src)]
     src, dst = runs[0], Path(dst)
     if dtype not in CONVERT_DTYPES:
@@ -44,7 +45,15 @@ def convert(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str | os.
         raise ValueError(f"unknown target format {to!r}; choose from {', '.join(CONVERT_FORMATS)}")
     if dtype != "float32" and to != "t2i":
         raise ValueError(f"--dtype {dtype} is for t2i folders; diffusers and single-file exports are float32")
-    if len(runs) > 1 or step is not None:
+    from t2i.io.diffusers_folders import load_diffusers_folders
+    from t2i.io.diffusers_pipeline import is_diffusers_folder
+
+    if len(runs) > 1 and step is None and all(is_diffusers_folder(r) for r in runs):
+        if to != "t2i":
+            raise ValueError("several diffusers folders (IF stage I, stage II): one cascade, converted to a t2i "
+                             "folder only (--to t2i)")
+        system = load_diffusers_folders(*runs)
+    elif len(runs) > 1 or step is not None:
         if to != "t2i":
             raise ValueError("several sources or a --step: controlnet training runs, converted to a t2i folder only")
         system = controlnet_from_training_runs(runs, step)

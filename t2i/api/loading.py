@@ -3,7 +3,6 @@ format t2i reads), and the evaluators' generators over a loaded system."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from t2i.io.weights import PICKLE_SUFFIXES, shipped_weights
 
 def load(name_or_path: str | os.PathLike, *, device: str = "cpu", config_dir: str | os.PathLike | None = None):
     """A system ready to `generate`: "ldm" (shipped ShapesWorld weights), a t2i system folder, a diffusers
-    Stable Diffusion folder, or an original single-file SD checkpoint (.safetensors; `config_dir` names the
+    pipeline folder (`t2i.io.diffusers_folders.PIPELINES`: Stable Diffusion, its ControlNet pipeline, DeepFloyd IF
+    stage I), or an original single-file SD checkpoint (.safetensors; `config_dir` names the
     folder with its tokenizer/ when it is not beside the file). Raises ValueError / FileNotFoundError
     with a one-line reason."""
     from t2i.systems import SYSTEMS
@@ -37,13 +37,9 @@ def load(name_or_path: str | os.PathLike, *, device: str = "cpu", config_dir: st
 
 def _system_kind(path: Path) -> object:
     """system.json's "system", or a one-line ValueError when the file is not a JSON object."""
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e.__class__.__name__}: {e})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} is not a JSON object (got a {type(meta).__name__})")
-    return meta.get("system")
+    from t2i.systems.base import read_json_object
+
+    return read_json_object(path).get("system")
 
 
 def check_device(device: "str | object") -> None:
@@ -82,9 +78,9 @@ def _load_path(path: Path, config_dir: str | os.PathLike | None):
                 raise ValueError(f"{path}: system.json names an unknown system {kind!r}")
             return SYSTEMS[kind].load(path)
         if (path / "model_index.json").is_file():
-            from t2i.io.diffusers_pipeline import load_diffusers_pipeline
+            from t2i.io.diffusers_folders import load_diffusers_folders
 
-            return load_diffusers_pipeline(path)
+            return load_diffusers_folders(path)
         raise ValueError(f"{path}: neither a t2i system folder (system.json), a diffusers folder (model_index.json) "
                          "nor a `t2i train` run (checkpoints/)")
     if path.suffix.lower() == ".safetensors":

@@ -128,10 +128,15 @@ def scheduler_from_sampling(schedule: ScheduleConfig, prediction: str, s: Sampli
 def load_diffusers_pipeline(folder: str | os.PathLike, name: str | None = None) -> LDM:
     """A diffusers Stable Diffusion folder (txt2img, img2img or inpainting) -> a t2i LDM system."""
     folder = Path(folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    kind = index.get("_class_name")
+    kind = json.loads((folder / "model_index.json").read_text()).get("_class_name")
     if kind not in PIPELINES:
         raise ValueError(f"{folder}: a {kind} folder; t2i loads {', '.join(PIPELINES)}")
+    return load_sd_parts(folder, name)
+
+
+def load_sd_parts(folder: Path, name: str | None = None) -> LDM:
+    """The Stable Diffusion parts of a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) as
+    one LDM, whatever pipeline class the folder names (a ControlNet pipeline's base, too)."""
     missing = [p for p in PARTS if not (folder / p).is_dir()]
     if missing:
         raise ValueError(f"{folder}: the diffusers folder lacks {', '.join(missing)}/")

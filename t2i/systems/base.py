@@ -28,14 +28,20 @@ def write_system_json(folder: Path, system: str, fmt: int, name: str, config: An
     (folder / "system.json").write_text(json.dumps(meta, indent=2))
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object (system.json, model_index.json, ...), or a one-line ValueError."""
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e.__class__.__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a JSON object (got a {type(meta).__name__})")
+    return meta
+
+
 def read_system_json(folder: Path, system: str, fmt: int) -> dict[str, Any]:
     """The system.json `write_system_json` wrote, checked to be this system's layout version."""
-    try:
-        meta = json.loads((folder / "system.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{folder / 'system.json'} is not valid JSON ({e.__class__.__name__}: {e})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{folder / 'system.json'} is not a JSON object (got a {type(meta).__name__})")
+    meta = read_json_object(folder / "system.json")
     if meta.get("system") != system or meta.get("format") != fmt:
         raise ValueError(f"{folder}: not a t2i {system} folder of format {fmt} (system.json says "
                          f"{meta.get('system')!r}, format {meta.get('format')!r})")
