@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from t2i.diffusion import DiscreteDenoiser, DiscreteSchedule, karras_sigmas, sample
-from t2i.diffusion.samplers import SAMPLERS, ddim
+from t2i.diffusion.samplers import SAMPLERS, ddim, randn
 from t2i.diffusion.toy import GaussianDenoiser, GaussianEpsNet, PointMixtureDenoiser
 
 MEAN, STD = 0.5, 0.3
@@ -100,3 +100,15 @@ def test_bad_inputs_fail_clearly():
         DiscreteDenoiser(None, sched, "score")
     with pytest.raises(ValueError, match="strictly decrease"):
         DiscreteSchedule(torch.tensor([0.5, 0.9]))
+
+
+def test_a_list_of_generators_gives_each_row_its_own_stream():
+    """randn with one generator per row (per-image noise, diffusers' list of generators): row i is what
+    generator i alone gives a batch of one, at every draw, so a sampler's row does not depend on its batch."""
+    like, seeds = torch.empty(()), (5, 6)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    draws = [randn((2, 3, 5), like, gens) for _ in range(2)]
+    alone = torch.Generator().manual_seed(6)
+    assert all(torch.equal(d[1:], randn((1, 3, 5), like, alone)) for d in draws)
+    with pytest.raises(ValueError, match="one per row"):
+        randn((3, 2), like, gens)

@@ -4,12 +4,13 @@ x is the VE-form sample at sigmas[0]; sigmas descend to sigmas[-1] (0 for a clea
 Each step evaluates the denoiser D(x, sigma, cond) -> x0_hat once (Heun: twice) and works on
 any tensor shape: pixels, latents, embedding vectors. Noise is drawn from `generator` on its
 own device with x's dtype, as diffusers' `randn_tensor` draws it, so seeds give the same
-images under both.
+images under both; `generator` is one generator for the whole batch, or a list of them, one per
+row (per-image noise: a row's draws do not depend on the rest of the batch).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -20,8 +21,19 @@ from t2i.diffusion.denoisers import Cond, Denoiser, append_dims, batch_sigma, de
 Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor, float], None]]
 
 
-def randn(shape: torch.Size | tuple, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device (CPU by default) then moved to `like`."""
+# where a sampler's noise comes from: one generator for the batch, or one per row of the batch (diffusers'
+# list of generators); None: torch's global generator
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def randn(shape: torch.Size | tuple, like: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device (CPU by default) then moved to `like`; with a list of
+    generators, row i of the batch (shape[0]) drawn from generator i alone (diffusers' `randn_tensor`), so a row's
+    noise is what the same generator gives a batch of one."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}: give one per row")
+        return torch.cat([randn((1, *shape[1:]), like, g) for g in generator])  # (B, ...)
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
@@ -36,7 +48,7 @@ def _vp_alpha(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
-          generator: torch.Generator | None = None, callback: Callback = None) -> torch.Tensor:
+          generator: Generators = None, callback: Callback = None) -> torch.Tensor:
     """Euler on the probability-flow ODE dx/dsigma = (x - D) / sigma (Karras et al. 2022, alg. 1)."""
     sigmas = sigmas.to(x.dtype)
     for i in range(len(sigmas) - 1):
@@ -57,7 +69,7 @@ def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float 
 
 
 def euler_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
-                    generator: torch.Generator | None = None, callback: Callback = None,
+                    generator: Generators = None, callback: Callback = None,
                     eta: float = 1.0) -> torch.Tensor:
     """Euler to sigma_down, then noise to sigma_next (k-diffusion sample_euler_ancestral)."""
     sigmas = sigmas.to(x.dtype)
@@ -72,7 +84,7 @@ def euler_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *
 
 
 def heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
-         generator: torch.Generator | None = None, callback: Callback = None) -> torch.Tensor:
+         generator: Generators = None, callback: Callback = None) -> torch.Tensor:
     """Heun's 2nd-order method, Euler on the last step to sigma = 0 (Karras et al. 2022, alg. 1)."""
     sigmas = sigmas.to(x.dtype)
     for i in range(len(sigmas) - 1):
@@ -91,7 +103,7 @@ def heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Con
 
 
 def ddim(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
-         generator: torch.Generator | None = None, callback: Callback = None, eta: float = 0.0,
+         generator: Generators = None, callback: Callback = None, eta: float = 0.0,
          model_eps: bool = False) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), written in the VE form; eta=0 is deterministic and
     invertible, eta=1 gives DDPM's posterior variance. With eta > 0 noise is drawn every step.
@@ -113,7 +125,7 @@ def ddim(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Con
 
 
 def ddpm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
-         generator: torch.Generator | None = None, callback: Callback = None) -> torch.Tensor:
+         generator: Generators = None, callback: Callback = None) -> torch.Tensor:
     """DDPM ancestral sampling from the posterior q(x_prev | x_t, x0_hat) (Ho et al. 2020, eqs. 6-7), between
     any two sigmas of the chain, with the "fixed small" variance beta_tilde, or the network's learned one
     when the denoiser gives a value v (`denoise_v`; Nichol & Dhariwal 2021, eq. 15, "learned_range")."""
@@ -139,7 +151,7 @@ def ddpm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Con
 
 
 def dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
-             generator: torch.Generator | None = None, callback: Callback = None) -> torch.Tensor:
+             generator: Generators = None, callback: Callback = None) -> torch.Tensor:
     """DPM-Solver++(2M), multistep, in lambda = -log sigma (Lu et al. 2022, alg. 2); first order on
     the first step and on the last step to sigma = 0, as diffusers and k-diffusion do."""
     sigmas = sigmas.to(x.dtype)

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 
 from t2i.diffusion.denoisers import Cond, Denoiser
-from t2i.diffusion.samplers import Callback, get_sampler, randn
+from t2i.diffusion.samplers import Callback, Generators, get_sampler, randn
 from t2i.diffusion.schedules import TIMESTEP_SPACINGS, karras_sigmas
 
 SPACINGS = sorted(TIMESTEP_SPACINGS) + ["karras"]
@@ -37,11 +37,11 @@ def check_sigmas(sigmas: torch.Tensor) -> None:
 
 
 def sample(denoiser: Denoiser, shape: Sequence[int], *, steps: int = 50, sampler: str = "dpmpp_2m",
-           spacing: str = "leading", cond: Cond | None = None, generator: torch.Generator | None = None,
+           spacing: str = "leading", cond: Cond | None = None, generator: Generators = None,
            dtype: torch.dtype = torch.float32, **sampler_options: float) -> torch.Tensor:
-    """Draw samples of `shape` (B, ...) on the CPU: noise from `generator` scaled to the first sigma, then
-    `steps` steps of `sampler` over the denoiser's sigmas at `spacing`. To start from another sample
-    (img2img, a caller's own noise, another device), draw it and call `run_sampler`."""
+    """Draw samples of `shape` (B, ...) on the CPU: noise from `generator` (or a list, one per row) scaled to the
+    first sigma, then `steps` steps of `sampler` over the denoiser's sigmas at `spacing`. To start from another
+    sample (img2img, a caller's own noise, another device), draw it and call `run_sampler`."""
     sigmas = sampling_sigmas(denoiser, steps, spacing)
     noise = randn(tuple(shape), torch.empty((), dtype=dtype), generator)
     x = noise * denoiser.noise_scale(float(sigmas[0]))
@@ -49,7 +49,7 @@ def sample(denoiser: Denoiser, shape: Sequence[int], *, steps: int = 50, sampler
 
 
 def run_sampler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, sampler: str, cond: Cond | None = None,
-                generator: torch.Generator | None = None, callback: Callback = None,
+                generator: Generators = None, callback: Callback = None,
                 **sampler_options: float) -> torch.Tensor:
     """Run a sampler by name from the VE sample `x` at sigmas[0] down `sigmas` (checked), on x's device."""
     sampler_fn = get_sampler(sampler)

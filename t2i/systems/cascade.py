@@ -14,6 +14,7 @@ from torch import nn
 
 from t2i.config import Config
 from t2i.diffusion.config import SamplingConfig, ScheduleConfig
+from t2i.diffusion.samplers import Generators
 from t2i.encoders.registry import TextConfig, build_text_encoder
 from t2i.nn.transformer import VectorPrior, VectorPriorConfig
 from t2i.nn.unet import UNet, UNetConfig
@@ -97,7 +98,7 @@ class Cascade(SystemBase):
         return len(self.config.stages) * self.settings(r)[1]
 
     def run(self, r: GenerationRequest, progress: Callable[[int], None] | None,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: Generators) -> torch.Tensor:
         asked, scale = self.sampling(r)
         cond, uncond = text_conditions(self.config.text, self.text_encoder, r, scale != 1)
         x = None

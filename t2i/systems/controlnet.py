@@ -78,6 +78,10 @@ class ControlNetSystem(SystemBase):
         return self.base.inpainting_only
 
     @property
+    def per_image_noise(self) -> bool:  # the base LDM's run draws the noise, so its scheme
+        return self.base.per_image_noise
+
+    @property
     def default_sampling(self):
         return self.base.default_sampling
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from t2i.config import Config
 from t2i.diffusion.config import SamplingConfig
+from t2i.diffusion.samplers import Generators
 from t2i.encoders.registry import TextConfig
 from t2i.nn.unet import UNetConfig
 from t2i.systems.base import read_system, write_system_json
@@ -112,7 +113,7 @@ class GLIDE(SystemBase):
         return {"guidance_type": r.guidance_type, **({"guide": r.guide.name} if isinstance(r.guide, Guide) else {})}
 
     def run(self, r: GenerationRequest, progress: Callable[[int], None] | None,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: Generators) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1]; width / height are the final size. The request's steps, sampler,
         guidance and guide apply to the base stage; later stages sample with their own settings, each fed
         the previous stage's image. With a mask, the kept region is blended in at every stage."""

@@ -17,6 +17,7 @@ from torch import nn
 from t2i.config import Config
 from t2i.diffusion.config import SamplingConfig
 from t2i.diffusion.guidance import parse_threshold
+from t2i.diffusion.samplers import Generators
 from t2i.encoders.registry import TextConfig, build_text_encoder
 from t2i.nn.unet import UNet, UNetConfig
 from t2i.systems.base import load_parts, load_text_encoder, read_system, save_parts, save_text_encoder, write_system_json
@@ -103,7 +104,7 @@ class Imagen(SystemBase):
         return super().total_steps(r) + sum(c.sampling.steps for c in self.config.stages[1:])
 
     def run(self, r: GenerationRequest, progress: Callable[[int], None] | None,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: Generators) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1]; width / height are the final size. The request's steps, sampler and
         guidance apply to the base stage, its threshold (default: the config's) and aug_level to all."""
         cfg, (settings, scale) = self.config, self.sampling(r)

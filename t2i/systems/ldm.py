@@ -32,6 +32,10 @@ FORMAT = 1  # version of the t2i system folder layout written by `save`
 class LDM(SystemBase):
     """A latent text-to-image diffusion system, one stage then the VAE decoder: `generate(prompt, ...)`."""
 
+    # one generator for the whole request: the shipped ldm's images (tests/data/ldm_reference) and diffusers'
+    # one-generator pipelines stay as they were; its first image is still the single run's (GenerationRequest)
+    per_image_noise = False
+
     def __init__(self, config: LDMConfig, unet: UNet, autoencoder: AutoencoderKL, text_encoder: nn.Module,
                  name: str = "ldm", inpaint_unet: UNet | None = None):
         super().__init__()

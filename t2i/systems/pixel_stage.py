@@ -16,7 +16,7 @@ from t2i.config import Config
 from t2i.diffusion.conditioning import inpaint_condition, upsampled_lowres
 from t2i.diffusion.config import SamplingConfig, ScheduleConfig
 from t2i.diffusion.guidance import LogProb
-from t2i.diffusion.samplers import randn
+from t2i.diffusion.samplers import Generators, randn
 from t2i.encoders.registry import TextConfig, build_text_encoder
 from t2i.nn.unet import UNet, UNetConfig
 from t2i.systems.base import load_parts, load_text_encoder, save_parts, save_text_encoder
@@ -91,7 +91,7 @@ class PixelStage(nn.Module):
         save_parts(folder, {"unet": self.unet}, dtype)
         save_text_encoder(self.config.text, self.text_encoder, folder, dtype)
 
-    def lowres(self, x: torch.Tensor, size: tuple[int, int], level: float, generator: torch.Generator) -> torch.Tensor:
+    def lowres(self, x: torch.Tensor, size: tuple[int, int], level: float, generator: Generators) -> torch.Tensor:
         """The previous stage's image as this stage's extra channels: noise-augmented at `level` and enlarged
         (Ho et al. 2022, sec. 4.3), or with `upsample_first` enlarged then augmented (DeepFloyd IF)."""
         if not self.config.upsample_first:
@@ -99,7 +99,7 @@ class PixelStage(nn.Module):
         sigma = self.schedule.t_to_sigma(torch.full((x.shape[0],), level * (self.schedule.num_timesteps - 1)))
         return upsampled_lowres(x, size, sigma, randn((*x.shape[:2], *size), x, generator))
 
-    def sample(self, r: GenerationRequest, plan: StagePlan, generator: torch.Generator,
+    def sample(self, r: GenerationRequest, plan: StagePlan, generator: Generators,
                progress: Callable[[int], None] | None) -> torch.Tensor:
         c, (h, w), weight = self.config, plan.size, next(self.unet.parameters())
         shape = (len(r.batch), 3, h, w)

@@ -19,8 +19,16 @@ CAPABILITIES = ("txt2img", "img2img", "inpaint", "vary", "control", "caption", "
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One generation: prompts x num_images images, all noise from one CPU generator seeded with `seed`.
-    None means "the system's default" (steps, sampler, guidance, threshold, size)."""
+    """One generation: prompts x num_images images, noise from CPU generators seeded from `seed`.
+    None means "the system's default" (steps, sampler, guidance, threshold, size).
+
+    Seeds: image i of the batch (`batch` order: each prompt num_images times in a row) draws all its noise, every
+    stage's, from its own generator seeded `image_seed(i)` = seed + i (mod 2**64), as diffusers does given a list of
+    generators. So image i is the image a request for its prompt alone with seed + i makes, whatever the batch or
+    batch_size, and its PNG carries that seed. Systems with `per_image_noise = False` (the LDM and ControlNet,
+    whose shipped images stay as they were made) draw the whole batch from one generator seeded `seed`, as
+    diffusers does given one generator: the first image is the single run's, the others need the whole request
+    (their PNGs carry `seed` and `batch_index`)."""
 
     prompts: tuple[str, ...]
     negative_prompt: str = ""
@@ -78,6 +86,10 @@ class GenerationRequest:
     def batch(self) -> list[str]:
         """The prompt of each image: every prompt num_images times in a row."""
         return [p for p in self.prompts for _ in range(self.num_images)]
+
+    def image_seed(self, i: int) -> int:
+        """The seed of image i of the batch under per-image noise: seed + i, wrapping at 2**64."""
+        return (self.seed + i) % (MAX_SEED + 1)
 
     def chunks(self) -> list["GenerationRequest"]:
         """The request as runs of at most batch_size images (one prompt per image, in batch order)."""

@@ -15,7 +15,7 @@ from t2i.diffusion.conditioning import lowres_condition
 from t2i.diffusion.config import SamplingConfig
 from t2i.diffusion.denoisers import ConcatInputs, Cond, Denoiser, DiscreteDenoiser, WithCond
 from t2i.diffusion.guidance import ClassifierFreeGuidance, GradientGuidance, LogProb, thresholded
-from t2i.diffusion.samplers import randn
+from t2i.diffusion.samplers import Generators, randn
 from t2i.diffusion.sampling import img2img_sigmas, initial_sample, mask_blend, run_sampler, to_vp
 from t2i.diffusion.schedules import DiscreteSchedule
 from t2i.encoders.registry import TextConfig, encode_prompts
@@ -56,7 +56,7 @@ def stage_denoiser(net: nn.Module, schedule: DiscreteSchedule, prediction: str, 
 
 
 def augmented_lowres(x: torch.Tensor, size: tuple[int, int], schedule: DiscreteSchedule, level: float,
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: Generators) -> torch.Tensor:
     """The previous stage's image (B, C, h, w) enlarged to size and noise-augmented at `level`, a fraction
     of the timesteps (Ho et al. 2022, sec. 4.3): the channels a super-resolution stage takes."""
     sigma = schedule.t_to_sigma(torch.full((x.shape[0],), level * (schedule.num_timesteps - 1)))
@@ -119,9 +119,10 @@ class StageRun:
     dtype: torch.dtype = torch.float32
 
 
-def sample_stage(denoiser: Denoiser, run: StageRun, generator: torch.Generator) -> torch.Tensor:
+def sample_stage(denoiser: Denoiser, run: StageRun, generator: Generators) -> torch.Tensor:
     """Sample one stage; returns the final sample in VP form (what a decoder or the next stage takes).
-    The schedule comes from the denoiser (every wrapper forwards it)."""
+    The schedule comes from the denoiser (every wrapper forwards it); all noise from `generator`, one for
+    the batch or one per image (`randn`)."""
     s = run.settings
     sigmas = img2img_sigmas(s.sigmas(denoiser.schedule, s.steps), s.steps, run.strength)
     like = torch.empty((), device=run.device, dtype=run.dtype)

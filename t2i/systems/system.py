@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from t2i.diffusion.config import SamplingConfig
+from t2i.diffusion.samplers import Generators
 from t2i.io.images import StepBar, tensor_to_images
 from t2i.nn.precision import resolve_bf16
 from t2i.systems.request import CAPABILITIES, GenerationRequest
@@ -29,6 +30,9 @@ class SystemBase(nn.Module):
     name = ""
     guidance_types: tuple[str, ...] = ("cfg",)
     inpainting_only = False  # a model that takes the mask and the masked image as inputs: inpainting alone
+    # each image draws its noise from its own generator, seeded request.image_seed(i) (GenerationRequest); False:
+    # one generator seeded request.seed for the whole request, kept where shipped images must not change
+    per_image_noise = True
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -60,7 +64,7 @@ class SystemBase(nn.Module):
 
     @torch.no_grad()
     def sample(self, prompt: "str | list[str] | GenerationRequest", **options: Any) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1], B = prompts x num_images, all noise from one CPU generator, as the
+        """Images (B, 3, H, W) in [0, 1], B = prompts x num_images, noise from CPU generators (`chunks`), as the
         model makes them (what diffusers' pipelines return: inpainting's kept pixels are the decoder's)."""
         progress = options.pop("progress", None)
         request = self.check(GenerationRequest.of(prompt, **options))
@@ -84,6 +88,8 @@ class SystemBase(nn.Module):
             for x in self.chunks(request, progress or (bar if request.progress else None)):
                 for im in tensor_to_images(x):
                     im.info.update(meta, prompt=batch[i], batch_index=str(i))
+                    if self.per_image_noise:  # the seed that makes this image alone
+                        im.info["seed"] = str(request.image_seed(i))
                     i += 1
                     yield im
         finally:
@@ -92,16 +98,22 @@ class SystemBase(nn.Module):
     @torch.no_grad()
     def chunks(self, request: GenerationRequest, progress: Callable[[int], None] | None,
                keep: bool = True) -> Iterator[torch.Tensor]:
-        """The request's images (b, 3, H, W) in [0, 1], batch_size at a time, all noise from one CPU generator
-        that each chunk goes on drawing from: with a deterministic sampler (ddim, euler, heun, dpmpp_2m) a
-        txt2img chunk's images are those of one big batch; ancestral samplers and img2img / inpainting draw
-        per chunk, so there the images of n > batch_size differ from one big batch (same seed, same images).
-        With `keep`, inpainting keeps the pixels outside the mask exactly (`keep_unmasked`). Non-finite results
-        raise."""
+        """The request's images (b, 3, H, W) in [0, 1], batch_size at a time. With `per_image_noise` image i draws
+        from its own CPU generator seeded request.image_seed(i), so chunks give the images of one big batch, and
+        of single runs, with any sampler. Otherwise all noise comes from one generator seeded request.seed that
+        each chunk goes on drawing from: with a deterministic sampler (ddim, euler, heun, dpmpp_2m) a txt2img
+        chunk's images are those of one big batch; ancestral samplers and img2img / inpainting draw per chunk,
+        so there the images of n > batch_size differ from one big batch (same seed, same images). With `keep`,
+        inpainting keeps the pixels outside the mask exactly (`keep_unmasked`). Non-finite results raise."""
         for text in prompt_warnings(self, request):
             warnings.warn(text, PromptWarning, stacklevel=3)
-        generator = torch.Generator().manual_seed(request.seed)
+        shared = torch.Generator().manual_seed(request.seed)
+        start = 0
         for part in request.chunks():
+            n = len(part.batch)
+            generator = ([torch.Generator().manual_seed(request.image_seed(start + j)) for j in range(n)]
+                         if self.per_image_noise else shared)
+            start += n
             with self.autocast(part):
                 x = self.run(part, progress, generator)
             if not bool(torch.isfinite(x).all()):
@@ -119,8 +131,9 @@ class SystemBase(nn.Module):
         return {}
 
     def run(self, request: GenerationRequest, progress: Callable[[int], None] | None,
-            generator: torch.Generator) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] of one chunk of a request, noise drawn from `generator`."""
+            generator: Generators) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] of one chunk of a request, noise drawn from `generator`: one per image
+        (`per_image_noise`), else one for the chunk (`t2i.diffusion.samplers.randn` draws from either)."""
         raise NotImplementedError
 
     def total_steps(self, r: GenerationRequest) -> int:

@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from t2i.diffusion.config import SamplingConfig
+from t2i.diffusion.samplers import Generators
 from t2i.encoders.clip import CLIPModel
 from t2i.encoders.tokenizer import WordTokenizer
 from t2i.nn.prior import slerp, text_diff
@@ -67,7 +68,7 @@ class UnCLIP(SystemBase):
         return (self.config.prior_picks + 2) * self.settings(r)[1]
 
     def run(self, r: GenerationRequest, progress: Callable[[int], None] | None,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: Generators) -> torch.Tensor:
         settings, scale = self.sampling(r)
         text = (clip_text(self.clip, r.batch), clip_text(self.clip, [r.negative_prompt] * len(r.batch)))
         prior, schedule, stage = self.nets[0], self.schedules[0], self.stages[0]
@@ -80,17 +81,17 @@ class UnCLIP(SystemBase):
         best = (F.normalize(draws, dim=-1) * text[0]["pooled"]).sum(-1).argmax(0)  # (B,) closest to the text
         return self.decode(draws[best, torch.arange(len(r.batch))], text, (settings, scale), generator, progress)
 
-    def decode(self, embed: torch.Tensor, text: tuple, plan: tuple[SamplingConfig, float], generator: torch.Generator,
+    def decode(self, embed: torch.Tensor, text: tuple, plan: tuple[SamplingConfig, float], generator: Generators,
                progress: Callable[[int], None] | None = None, shared: bool = False) -> torch.Tensor:
         """Image embeddings (B, D) + caption inputs (cond, uncond) -> images (B, 3, H, W) in [0, 1]; `shared`: one
-        noise for every image (interpolations)."""
+        noise for every image (interpolations; `generator` is then one generator, else one or one per image)."""
         (settings, scale), b, x = plan, embed.shape[0], embed
         for stage, net, schedule in zip(self.stages[1:], self.nets[1:], self.schedules[1:]):
             cond, uncond, concat, extra = {}, None, [], None
             if stage.previous == "embedding":
                 cond, uncond = {**text[0], "image_embed": x}, {**text[1], "image_embed": net.null.expand(b, -1)}
             else:  # noise augmentation of the low-res image (Ho et al. 2022, sec. 4.3)
-                parts, state = ([x[i:i + 1] for i in range(b)] if shared else [x]), generator.get_state()
+                parts, state = ([x[i:i + 1] for i in range(b)], generator.get_state()) if shared else ([x], None)
                 concat = [torch.cat([augmented_lowres(p, stage.shape[1:], schedule, stage.lowres_noise,
                                                       generator.set_state(state) if shared else generator) for p in parts])]
                 extra = aug_level_input(net, schedule, stage.lowres_noise, b)

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from t2i.diffusion.samplers import Generators
 from t2i.encoders.clip import CLIPModel
 from t2i.encoders.tokenizer import WordTokenizer
 from t2i.nn.autoencoder import AutoencoderKL
@@ -75,7 +76,7 @@ class VersatileDiffusion(TextFlows, SystemBase):
         return (self.autoencoder.decode(self.autoencoder.unscale(latents)) / 2 + 0.5).clamp(0, 1).float().cpu()
 
     def draw(self, flow: Flow, contexts: tuple[torch.Tensor, torch.Tensor], r: GenerationRequest,
-             generator: torch.Generator, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+             generator: Generators, progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] of one image-data flow: contexts (cond, uncond) (B, L, E), the request's
         size, sampler, steps and guidance."""
         cfg, (settings, scale) = self.config, self.sampling(r)
@@ -91,7 +92,7 @@ class VersatileDiffusion(TextFlows, SystemBase):
         return self.decode(sample_stage(den, run, generator))
 
     def run(self, r: GenerationRequest, progress: Callable[[int], None] | None,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: Generators) -> torch.Tensor:
         """text -> image (the (image, text) flow), or with r.mix VD's dual guidance over the prompt and r.image."""
         text = self.text_context(r.batch), self.text_context([r.negative_prompt] * len(r.batch))
         if r.mix is None:
