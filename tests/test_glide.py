@@ -13,6 +13,7 @@ import t2i
 from t2i.encoders import WordTokenizer
 from t2i.nn.unet import UNetConfig
 from t2i.systems import GLIDE, GLIDEConfig, GLIDEStageConfig, SamplingConfig, ScheduleConfig, TextConfig
+from t2i.systems.request import SEED_STRIDE
 from t2i.train import RecipeError, Trainer, load_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -73,7 +74,7 @@ def test_generate_returns_images_with_parameters(system):
     images = system.generate("a red circle", negative_prompt="blue", num_images=2, seed=9, steps=2)
     assert len(images) == 2 and images[0].size == (BASE, BASE) and images[0].mode == "RGB"
     info = images[1].info
-    assert info["prompt"] == "a red circle" and info["seed"] == "10" and info["guidance_type"] == "cfg"  # seed + 1
+    assert info["prompt"] == "a red circle" and info["seed"] == str(9 + SEED_STRIDE) and info["guidance_type"] == "cfg"
     assert info["model"] == "tiny-glide" and info["batch_index"] == "1"
     a, b = (np.asarray(im, dtype=np.int16) for im in images)
     assert np.abs(a - b).max() > 0  # two draws of one prompt differ

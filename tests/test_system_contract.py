@@ -39,16 +39,17 @@ def test_same_seed_same_image_and_n_images(system):
 
 def test_a_batch_equals_single_runs(system):
     """Image 0 of a batch is the single run with the request's seed (every system, every stage); with per-image
-    noise image i is the single run with seed + i (GenerationRequest.image_seed)."""
+    noise image i is the single run with its own seed (GenerationRequest.image_seed)."""
     prompts = ["a red circle", "two blue squares"]
+    seed1 = GenerationRequest(tuple(prompts), seed=5).image_seed(1)
     batch = system.sample(prompts, seed=5)
     assert (batch[:1] - system.sample(prompts[:1], seed=5)).abs().max() <= 3e-3
     if not system.per_image_noise:  # one generator for the batch (the LDM's shipped images): image 1 goes on
-        assert (batch[1:] - system.sample(prompts[1:], seed=6)).abs().max() > 1e-2  # from image 0's draws
+        assert (batch[1:] - system.sample(prompts[1:], seed=seed1)).abs().max() > 1e-2  # from image 0's draws
         return
-    assert (batch[1:] - system.sample(prompts[1:], seed=6)).abs().max() <= 3e-3
+    assert (batch[1:] - system.sample(prompts[1:], seed=seed1)).abs().max() <= 3e-3
     ancestral = system.sample(prompts, seed=5, sampler="euler_a")  # fresh noise at every step, per image too
-    assert (ancestral[1:] - system.sample(prompts[1:], seed=6, sampler="euler_a")).abs().max() <= 3e-3
+    assert (ancestral[1:] - system.sample(prompts[1:], seed=seed1, sampler="euler_a")).abs().max() <= 3e-3
 
 
 def test_negative_prompt_changes_the_output(system):
@@ -80,7 +81,7 @@ def test_save_load_round_trip_is_exact(system, tmp_path):
 
 def test_png_metadata_is_written(system, tmp_path):
     paths = generate_files(system, "a red circle", tmp_path / "out.png", seed=7, num_images=2, progress=False)
-    seed = "8" if system.per_image_noise else "7"  # per-image noise: the seed that makes this image alone
+    seed = str(GenerationRequest(("a red circle",), seed=7).image_seed(1) if system.per_image_noise else 7)  # alone
     with Image.open(paths[1]) as im:
         assert im.info["prompt"] == "a red circle" and im.info["seed"] == seed and im.info["batch_index"] == "1"
         assert im.info["model"] == system.name

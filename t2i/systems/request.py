@@ -16,6 +16,8 @@ from t2i.systems.checks import (CONTROL_TYPES, GUIDANCE_TYPES, MAX_SEED, PRECISI
 
 CAPABILITIES = ("txt2img", "img2img", "inpaint", "vary", "control", "caption", "mix")
 
+SEED_STRIDE = 0x9E3779B97F4A7C15  # image i's seed is seed + i * SEED_STRIDE: 2**64 / golden ratio, a Weyl sequence
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -23,9 +25,11 @@ class GenerationRequest:
     None means "the system's default" (steps, sampler, guidance, threshold, size).
 
     Seeds: image i of the batch (`batch` order: each prompt num_images times in a row) draws all its noise, every
-    stage's, from its own generator seeded `image_seed(i)` = seed + i (mod 2**64), as diffusers does given a list of
-    generators. So image i is the image a request for its prompt alone with seed + i makes, whatever the batch or
-    batch_size, and its PNG carries that seed. Systems with `per_image_noise = False` (the LDM and ControlNet,
+    stage's, from its own generator seeded `image_seed(i)` = seed + i * SEED_STRIDE (mod 2**64; image 0 keeps `seed`),
+    as diffusers does given a list of generators. So image i is the image a request for its prompt alone with that
+    seed makes, whatever the batch or batch_size, and its PNG carries that seed. The stride (the 64-bit golden
+    ratio of a Weyl sequence) keeps the images of nearby seeds apart: with seed + i, ShapesEval's prompt i + 1
+    (seed + i + 1) would start from prompt i's second image's noise. Systems with `per_image_noise = False` (the LDM and ControlNet,
     whose shipped images stay as they were made) draw the whole batch from one generator seeded `seed`, as
     diffusers does given one generator: the first image is the single run's, the others need the whole request
     (their PNGs carry `seed` and `batch_index`)."""
@@ -88,8 +92,8 @@ class GenerationRequest:
         return [p for p in self.prompts for _ in range(self.num_images)]
 
     def image_seed(self, i: int) -> int:
-        """The seed of image i of the batch under per-image noise: seed + i, wrapping at 2**64."""
-        return (self.seed + i) % (MAX_SEED + 1)
+        """The seed of image i of the batch under per-image noise: seed + i * SEED_STRIDE, wrapping at 2**64."""
+        return (self.seed + i * SEED_STRIDE) % (MAX_SEED + 1)
 
     def chunks(self) -> list["GenerationRequest"]:
         """The request as runs of at most batch_size images (one prompt per image, in batch order)."""
