@@ -592,7 +592,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="DIR", help="single-file sources: the folder with its tokenizer/")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="weights of a t2i folder (--to t2i) are stored in this type")
-    p.add_argument("--step", type=int, metavar="N", help="controlnet runs: their checkpoint of step N, not the newest")
+    p.add_argument("--step", type=int, metavar="N", help="training runs: their checkpoint of step N, not the newest")
     p.set_defaults(func=_run_convert)
 
 

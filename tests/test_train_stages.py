@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from t2i import load as t2i_load
 from t2i.train import RecipeError, Trainer, load_recipe, read_checkpoint
 
 SMALL = ["train.steps=3", "train.batch_size=2", "train.checkpoint_every=3", "train.log_every=1"]
@@ -118,6 +119,29 @@ def test_a_run_continues_from_a_system_folder(tmp_path):
     with pytest.raises(RecipeError, match="init_from = 'nowhere'"):
         Trainer(load_recipe("tiny_latent", [f"diffusion.first_stage='{folder}'", "diffusion.init_from='nowhere'"]),
                 tmp_path / "bad", progress=False, log=lambda m: None).setup()
+
+
+def test_convert_step_exports_a_diffusion_runs_checkpoint_of_that_step(tmp_path):
+    """`t2i convert RUN DST --step N` writes the system of the run's step-N checkpoint (a learning curve reads
+    every checkpoint), not only for controlnet runs; --step on a folder that is not a run is a one-line error."""
+    from t2i.api import convert, system_from_training_run
+    from t2i.cli import main
+
+    Trainer(load_recipe("tiny_autoencoder", SMALL + ["autoencoder.num_samples=2"]), tmp_path / "ae",
+            progress=False, log=lambda m: None).run()
+    Trainer(load_recipe("tiny_latent", SMALL + [f"diffusion.first_stage='{tmp_path / 'ae'}'", "train.checkpoint_every=1",
+                                     "train.keep_checkpoints=5"]),
+            tmp_path / "ldm", progress=False, log=lambda m: None).run()
+    assert main(["convert", str(tmp_path / "ldm"), str(tmp_path / "s1"), "--to", "t2i", "--step", "1"]) == 0
+    step1 = t2i_load(tmp_path / "s1").unet.state_dict()
+    by_folder = system_from_training_run(tmp_path / "ldm" / "checkpoints" / "step_00000001").unet.state_dict()
+    newest = system_from_training_run(tmp_path / "ldm").unet.state_dict()
+    assert all(torch.equal(v, by_folder[k]) for k, v in step1.items())
+    assert not all(torch.equal(v, newest[k]) for k, v in step1.items())
+    with pytest.raises(ValueError, match=r"no checkpoint of step 9 \(its checkpoints: steps 1, 2, 3\)"):
+        convert(tmp_path / "ldm", tmp_path / "s9", "t2i", step=9)
+    with pytest.raises(ValueError, match=r"--step 1 picks a checkpoint of a `t2i train` run; .*s1 is not one"):
+        convert(tmp_path / "s1", tmp_path / "again", "t2i", step=1)
 
 
 def test_an_inpainting_unet_starts_from_a_text_to_image_system(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from t2i.api.guides import guide_kind, load_guide
 from t2i.api.loading import load
-from t2i.api.runs import controlnet_from_training_runs
+from t2i.api.runs import checkpoint_of_step, controlnet_from_training_runs, is_training_run
 
 
 CONVERT_FORMATS = ("t2i", "diffusers", "single-file")
@@ -25,9 +25,16 @@ def convert(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str | os.
     a t2i folder may store its weights as float16 or bfloat16 (`dtype`). A guide (a noise-aware clip or
     classifier run, or a guide folder) is written as a guide folder, e.g. a GLIDE folder's guide_clip/.
     Several diffusers folders are one cascade (DeepFloyd IF's IFPipeline, then its IFSuperResolutionPipeline);
-    other sources, or a `step`, are controlnet training runs: one ControlNet system of them (one kind each)."""
+    other sources are controlnet training runs: one ControlNet system of them (one kind each). `step` picks a
+    training run's checkpoint of that step instead of its newest."""
     runs = [Path(s) for s in src] if isinstance(src, (list, tuple)) else [Path(src)]
     src, dst = runs[0], Path(dst)
+    not_runs = [r for r in runs if not is_training_run(r)]
+    if step is not None and not_runs:
+        raise ValueError(f"--step {step} picks a checkpoint of a `t2i train` run; {not_runs[0]} is not one")
+    if step is not None and len(runs) == 1:  # one run: its checkpoint of that step
+        src = runs[0] = checkpoint_of_step(src, step)
+        step = None
     if dtype not in CONVERT_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(CONVERT_DTYPES)}")
     if dst.exists() and (dst.is_file() or any(dst.iterdir())):
@@ -53,9 +60,9 @@ def convert(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str | os.
             raise ValueError("several diffusers folders (IF stage I, stage II): one cascade, converted to a t2i "
                              "folder only (--to t2i)")
         system = load_diffusers_folders(*runs)
-    elif len(runs) > 1 or step is not None:
+    elif len(runs) > 1:
         if to != "t2i":
-            raise ValueError("several sources or a --step: controlnet training runs, converted to a t2i folder only")
+            raise ValueError("several training runs: controlnet runs, converted to a t2i folder only")
         system = controlnet_from_training_runs(runs, step)
     else:
         system = load(src, config_dir=config_dir)

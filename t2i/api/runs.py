@@ -16,17 +16,30 @@ def is_training_run(path: Path) -> bool:
     return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "manifest.json").is_file())
 
 
+def checkpoint_of_step(run: Path, step: int) -> Path:
+    """The checkpoint folder of `step` in a `t2i train` run (a checkpoint folder is its own step)."""
+    from t2i.train.checkpoint import list_checkpoints, step_dir
+
+    if (run / "manifest.json").is_file():
+        return run
+    path = step_dir(run / "checkpoints", step)
+    if not path.is_dir():
+        steps = ", ".join(str(int(p.name[5:])) for p in list_checkpoints(run / "checkpoints")) or "none"
+        raise ValueError(f"{run}: no checkpoint of step {step} (its checkpoints: steps {steps})")
+    return path
+
+
 def _run_checkpoint(run: Path, step: int | None = None):
     """(checkpoint path, checkpoint) of a `t2i train` run (its newest good checkpoint, or the one of `step`) or
     checkpoint folder."""
-    from t2i.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint, step_dir
+    from t2i.train.checkpoint import latest_checkpoint, read_checkpoint
 
-    ckpt_path = run if (run / "manifest.json").is_file() else latest_checkpoint(run / "checkpoints", log=lambda m: None)
-    if step is not None and ckpt_path != run:
-        ckpt_path = step_dir(run / "checkpoints", step)
-        if not ckpt_path.is_dir():
-            steps = ", ".join(str(int(p.name[5:])) for p in list_checkpoints(run / "checkpoints")) or "none"
-            raise ValueError(f"{run}: no checkpoint of step {step} (its checkpoints: steps {steps})")
+    if step is not None:
+        ckpt_path = checkpoint_of_step(run, step)
+    elif (run / "manifest.json").is_file():
+        ckpt_path = run
+    else:
+        ckpt_path = latest_checkpoint(run / "checkpoints", log=lambda m: None)
     if ckpt_path is None:
         raise ValueError(f"{run}: no complete checkpoint in {run / 'checkpoints'}")
     return ckpt_path, read_checkpoint(ckpt_path)
