@@ -207,7 +207,9 @@ def test_every_flow_matches_the_diffusers_module_that_computes_it(vd):
     for name, (theirs, ours) in outs.items():
         diff = float((theirs - ours).abs().max())
         print(f"{name}: max abs difference {diff:.1e} (output scale {float(theirs.abs().max()):.2f})")
-        assert diff <= 1e-10, name
+        # float32 round-off: the same weights through differently shaped matmuls (diffusers' flat text UNet runs
+        # its linear layers on (B, C, 1, 1) maps) agree bit for bit on AVX-512 and to 6.6e-7 on an AVX2-only CPU
+        assert diff <= 1e-5, name
     assert (outs["image/text"][0] - outs["image/image"][0]).abs().max() > 1e-2  # the context layers matter
 
 
