@@ -29,12 +29,13 @@ def convert(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str | os.
     training run's checkpoint of that step instead of its newest."""
     runs = [Path(s) for s in src] if isinstance(src, (list, tuple)) else [Path(src)]
     src, dst = runs[0], Path(dst)
-    not_runs = [r for r in runs if not is_training_run(r)]
-    if step is not None and not_runs:
-        raise ValueError(f"--step {step} picks a checkpoint of a `t2i train` run; {not_runs[0]} is not one")
-    if step is not None and len(runs) == 1:  # one run: its checkpoint of that step
-        src = runs[0] = checkpoint_of_step(src, step)
-        step = None
+    if step is not None:
+        not_runs = [r for r in runs if not is_training_run(r)]
+        if not_runs:
+            raise ValueError(f"--step {step} picks a checkpoint of a `t2i train` run; {not_runs[0]} is not one")
+        if len(runs) == 1:  # one run: its checkpoint of that step
+            src = runs[0] = checkpoint_of_step(src, step)
+            step = None
     if dtype not in CONVERT_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(CONVERT_DTYPES)}")
     if dst.exists() and (dst.is_file() or any(dst.iterdir())):
