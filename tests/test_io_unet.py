@@ -185,6 +185,9 @@ def test_unsupported_diffusers_options_are_refused():
                        norm_groups=8, attention_block="adm")
     with pytest.raises(ValueError, match="ADM/GLIDE"):
         unet_config_to_diffusers(glide)
+    placed = UNetConfig.from_dict({**glide.to_dict(), "attention_block": "transformer", "position_encoding": True})
+    with pytest.raises(ValueError, match="no pixel position encoding"):
+        unet_config_to_diffusers(placed)
 
 
 def test_head_dim_config_exports_as_heads_per_level():

@@ -464,3 +464,32 @@ def test_aug_level_embedding_matches_diffusers_timestep_class_embedding():
         out = ours(x, t, context=ctx, aug_level=level)
     assert (ref - other).abs().max() > 0.01  # the level matters
     assert (out - ref).abs().max() <= 1e-5
+
+
+def test_position_encoding_starts_as_the_unet_without_it_and_then_tells_places_apart():
+    """UNetConfig.position_encoding: zero-initialised Fourier features of each pixel's place in every spatial
+    transformer; a UNet that gains them (init_from an older system) gives the same output until they learn."""
+    from t2i.nn.embeddings import FourierPosition2D
+    from t2i.train.stages.diffusion import add_position_encodings
+
+    plain = _randomize(UNet(_tiny())).eval()
+    placed = UNet(_tiny(position_encoding=True)).eval()
+    own = placed.state_dict()
+    state = add_position_encodings(plain.state_dict(), own)
+    assert sorted(set(state) - set(plain.state_dict())) == sorted(k for k in own if ".position.proj." in k)
+    placed.load_state_dict(state)  # strict: nothing else is new
+    x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([5.0, 700.0]), torch.randn(2, 3, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(placed(x, t, context=ctx), plain(x, t, context=ctx), rtol=0, atol=0)
+        for name, p in placed.named_parameters():
+            if ".position." in name:
+                p.normal_(0, 0.2)  # the position projections learn something
+        assert not torch.allclose(placed(x, t, context=ctx), plain(x, t, context=ctx), atol=1e-4)
+
+    enc = _randomize(FourierPosition2D(6))
+    grid = enc(4, 5)  # (20, 6): one row per pixel, every pixel its own code
+    assert grid.shape == (20, 6) and torch.cdist(grid, grid).add(torch.eye(20)).min() > 1e-3
+    # the same place in [-1, 1] gets the same code at any resolution (pixel centres of 2 and 6 pixels: +-0.5)
+    torch.testing.assert_close(enc(1, 2), enc(1, 6)[[1, 4]], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="position_encoding needs attention_block='transformer'"):
+        _tiny(position_encoding=True, attention_block="adm")

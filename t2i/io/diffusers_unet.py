@@ -164,6 +164,9 @@ def _check_exportable(cfg: UNetConfig) -> None:
                          "be exported")
     if cfg.resample_first or cfg.skip_scale != 1:
         raise ValueError("diffusers UNet2DConditionModel has no Efficient UNet layout (resample_first, skip_scale)")
+    if cfg.position_encoding:
+        raise ValueError("diffusers' transformer blocks have no pixel position encoding: position_encoding=True "
+                         "cannot be exported")
 
 
 def unet_config_to_diffusers(

@@ -71,3 +71,24 @@ class TextTimeEmbedding(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, L, D) -> (B, out_dim)."""
         return self.norm2(self.proj(self.pool(self.norm1(tokens))))
+
+
+class FourierPosition2D(nn.Module):
+    """Where each pixel of an (H, W) map lies, as sin/cos of its coordinates in [-1, 1] at octave frequencies,
+    through a zero-initialised Linear: a layer that gains it starts as the one without (Tancik et al. 2020's
+    Fourier features; zero-init as ControlNet's zero convolutions). Resolution-free: any H, W."""
+
+    def __init__(self, dim: int, frequencies: int = 4):
+        super().__init__()
+        self.register_buffer("freqs", math.pi / 2 * 2.0 ** torch.arange(frequencies), persistent=False)
+        self.proj = nn.Linear(4 * frequencies, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        """-> (H*W, dim), row-major like a flattened feature map."""
+        axis = lambda n: (torch.arange(n, device=self.freqs.device) + 0.5) / n * 2 - 1  # noqa: E731 pixel centres
+        y, x = torch.meshgrid(axis(height), axis(width), indexing="ij")  # (H, W) each
+        args = torch.stack([y, x], dim=-1).reshape(-1, 2, 1) * self.freqs  # (HW, 2, F)
+        features = torch.cat([args.sin(), args.cos()], dim=-1).reshape(height * width, -1)  # (HW, 4F)
+        return self.proj(features.to(self.proj.weight.dtype))

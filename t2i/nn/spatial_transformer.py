@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from t2i.nn.attention import Attention
+from t2i.nn.embeddings import FourierPosition2D
 
 
 class GEGLUFeedForward(nn.Module):
@@ -53,15 +54,19 @@ class SpatialTransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """LDM's transformer over the pixels of a feature map, with a residual around it (Rombach et al. 2022)."""
+    """LDM's transformer over the pixels of a feature map, with a residual around it (Rombach et al. 2022);
+    `position=True` adds where each pixel lies to its tokens (zero at first), so that cross-attention can tie
+    words such as "top left" to places: LDM's layer has no absolute position but the convolutions' padding."""
 
     def __init__(
-        self, channels: int, *, heads: int, head_dim: int, context_dim: int | None, depth: int = 1, groups: int = 32
+        self, channels: int, *, heads: int, head_dim: int, context_dim: int | None, depth: int = 1, groups: int = 32,
+        position: bool = False,
     ):
         super().__init__()
         inner = heads * head_dim
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner)  # a 1x1 conv applied per pixel
+        self.position = FourierPosition2D(inner) if position else None
         self.blocks = nn.ModuleList(
             SpatialTransformerBlock(inner, heads=heads, head_dim=head_dim, context_dim=context_dim)
             for _ in range(depth)
@@ -77,6 +82,8 @@ class SpatialTransformer(nn.Module):
         b, c, hgt, wid = x.shape
         h = self.norm(x).permute(0, 2, 3, 1).reshape(b, hgt * wid, c)  # (B, HW, C)
         h = self.proj_in(h)  # (B, HW, inner)
+        if self.position is not None:
+            h = h + self.position(hgt, wid)  # (HW, inner) broadcast over the batch
         for block in self.blocks:
             h = block(h, context, context_mask)
         h = self.proj_out(h)  # (B, HW, C)

@@ -44,6 +44,7 @@ class UNetConfig:
     num_heads: int | tuple[int, ...] | None = 8  # per model or per level; exclusive with head_dim
     head_dim: int | None = None  # fixed head width (heads = channels // head_dim)
     transformer_depth: int = 1  # transformer blocks per attention layer ("transformer" only)
+    position_encoding: bool = False  # "transformer" only: Fourier features of each pixel's place, zero-initialised
     attention_block: str = "transformer"  # "transformer": LDM spatial transformer; "adm": ADM/GLIDE block
     context_dim: int | None = 768  # token context width: cross-attention, or GLIDE's concatenated k/v ("adm")
     time_embed_dim: int | None = None  # default 4 * block_channels[0]
@@ -87,6 +88,8 @@ class UNetConfig:
             bad(f"attention_levels {self.attention_levels} outside levels 0..{len(self.block_channels) - 1}")
         if self.attention_block not in ATTENTION_BLOCKS:
             bad(f"attention_block must be one of {ATTENTION_BLOCKS}, got {self.attention_block!r}")
+        if self.position_encoding and self.attention_block != "transformer":
+            bad("position_encoding needs attention_block='transformer'")
         if (self.num_heads is None) == (self.head_dim is None):
             bad("set exactly one of num_heads and head_dim")
         if isinstance(self.num_heads, tuple) and len(self.num_heads) != len(self.block_channels):
@@ -311,7 +314,8 @@ class UNetEncoder(nn.Module):
             return AttentionBlock(ch, heads=heads, head_dim=head_dim, context_dim=c.context_dim, groups=c.norm_groups,
                                   context_groups=c.context_norm_groups)
         return SpatialTransformer(
-            ch, heads=heads, head_dim=head_dim, context_dim=c.context_dim, depth=c.transformer_depth, groups=c.norm_groups
+            ch, heads=heads, head_dim=head_dim, context_dim=c.context_dim, depth=c.transformer_depth, groups=c.norm_groups,
+            position=c.position_encoding,
         )
 
     @staticmethod

@@ -208,7 +208,8 @@ def init_from_system(model: nn.ModuleDict, name_or_path: str) -> None:
     for key, (part, file) in parts.items():  # a system folder keeps the text encoder's transformer alone
         if key in model and ((folder / file).is_file() or index_path(folder / file).is_file()):
             try:
-                state = widen_inputs(load_sharded(folder / file), part(model[key]).state_dict())
+                own = part(model[key]).state_dict()
+                state = add_position_encodings(widen_inputs(load_sharded(folder / file), own), own)
                 load_into(part(model[key]), state, where=str(folder / file))
             except ValueError as e:
                 raise RecipeError(f"[diffusion] init_from = '{name_or_path}': {e}") from None
@@ -225,6 +226,13 @@ def widen_inputs(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -
                 and w.shape[2:] == v.shape[2:]:
             out[k] = torch.cat([v, v.new_zeros((v.shape[0], w.shape[1] - v.shape[1], *v.shape[2:]))], dim=1)
     return out
+
+
+def add_position_encodings(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Pixel position encodings (UNetConfig.position_encoding) that `state` was saved without keep their zero
+    initialisation, so a UNet that gains them starts as the one it came from."""
+    new = {k: v for k, v in own.items() if ".position.proj." in k and k not in state}
+    return {**state, **new}
 
 
 def system_tokenizer(name_or_path: str) -> str | None:
