@@ -55,9 +55,9 @@ ARMS: dict[str, tuple[str, list[str], int, str]] = {
                            "diffusers UNet2DConditionModel of the same config, bf16 (peer)"),
     "ldm_diffusers_best": ("shapes_ldm", LDM + BEST + ["diffusion.network='diffusers_peer'"], 0,
                            "diffusers UNet2DConditionModel, recipe default (peer)"),
-    "pixel32_fp32": ("shapes_glide", PIXEL + PLAIN, 0, "32 px pixel UNet, fp32 (before)"),
-    "pixel32_bf16": ("shapes_glide", PIXEL + BF16, 0, "32 px pixel UNet, bf16 (before)"),
-    "pixel32_best": ("shapes_glide", PIXEL + BEST, 0, "32 px pixel UNet, recipe default"),
+    "pixel32_fp32": ("shapes_glide_gpu", PIXEL + PLAIN, 0, "32 px pixel UNet, fp32 (before)"),
+    "pixel32_bf16": ("shapes_glide_gpu", PIXEL + BF16, 0, "32 px pixel UNet, bf16 (before)"),
+    "pixel32_best": ("shapes_glide_gpu", PIXEL + BEST, 0, "32 px pixel UNet, recipe default"),
 }
 
 

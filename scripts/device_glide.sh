@@ -4,7 +4,7 @@
 # machine between commands, and what must come back is written to $OUT.
 #
 #   bash scripts/device_glide.sh time     # 30 steps of each recipe: images/s on this GPU (~2 min)
-#   bash scripts/device_glide.sh base     # shapes_glide; resumable: repeat until it reports step 8000
+#   bash scripts/device_glide.sh base     # shapes_glide_gpu; resumable: repeat until it reports step 8000
 #   bash scripts/device_glide.sh guides   # shapes_noisy_clip + shapes_classifier (resumable too)
 #   bash scripts/device_glide.sh measure  # export fp16 folder + guides, ShapesEval, InpaintEval, the guidance
 #                                         # sweep; printed, and back as 15 MiB parts of one tar in $OUT
@@ -31,7 +31,7 @@ last_metrics() { tail -n 1 "$1/metrics.jsonl"; }
 
 case "${1:-}" in
   time)
-    for recipe in shapes_glide shapes_noisy_clip shapes_classifier; do
+    for recipe in shapes_glide_gpu shapes_noisy_clip shapes_classifier; do
       rm -rf "runs/time_$recipe"
       t2i train "$recipe" --out "runs/time_$recipe" --until-step 30 --set train.log_every=10 \
           --set train.sample_every=1000000 --set train.checkpoint_every=1000000 "${TRAIN[@]}"
@@ -40,9 +40,9 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$OUT/timing.txt"
     ;;
   base)
-    t2i train shapes_glide --out runs/shapes_glide --resume --max-minutes "$MINUTES" "${TRAIN[@]}"
-    last_metrics runs/shapes_glide | tee "$OUT/base_metrics.txt"
-    cp "$(ls runs/shapes_glide/samples/*.png | tail -n 1)" "$OUT/" 2>/dev/null || true
+    t2i train shapes_glide_gpu --out runs/shapes_glide_gpu --resume --max-minutes "$MINUTES" "${TRAIN[@]}"
+    last_metrics runs/shapes_glide_gpu | tee "$OUT/base_metrics.txt"
+    cp "$(ls runs/shapes_glide_gpu/samples/*.png | tail -n 1)" "$OUT/" 2>/dev/null || true
     ;;
   guides)
     t2i train shapes_noisy_clip --out runs/shapes_noisy_clip --resume --max-minutes "$((MINUTES / 2))" "${TRAIN[@]}"
@@ -52,10 +52,10 @@ case "${1:-}" in
   measure)
     rm -rf out/glide out/glide_results && mkdir -p out/glide_results
     R=out/glide_results
-    t2i convert runs/shapes_glide out/glide --to t2i --dtype float16
+    t2i convert runs/shapes_glide_gpu out/glide --to t2i --dtype float16
     t2i convert runs/shapes_noisy_clip out/glide/guide_clip --dtype float16
     t2i convert runs/shapes_classifier out/glide/guide_classifier --dtype float16
-    cp runs/shapes_glide/metrics.jsonl "$R/base_metrics.jsonl"
+    cp runs/shapes_glide_gpu/metrics.jsonl "$R/base_metrics.jsonl"
     t2i eval shapes --model out/glide --device "$DEVICE" --json "$R/shapeseval.json" "${SHAPES[@]}"
     t2i eval inpaint --model out/glide --device "$DEVICE" --json "$R/inpaint.json" "${INPAINT[@]}"
     "$PY" benchmarks/glide_guidance.py --model out/glide --device "$DEVICE" --json "$R/guidance.json" "${SWEEP[@]}" \

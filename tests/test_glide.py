@@ -184,6 +184,37 @@ def test_training_options_train_and_load_as_a_cascade(tmp_path):
     assert t2i.api.system_from_training_runs(tmp_path / "inpaint").config.base.inpaint
 
 
+def test_full_masks_make_one_network_both_base_and_inpainting_model(tmp_path):
+    """full_masks: that fraction of samples erase the whole image (mask all ones), so the inpainting network
+    also learns text-to-image; the exported stage then generates from text with an all-ones mask, and still
+    takes a user's mask. Without full masks it stays an inpainting-only model."""
+    from t2i.train.rng import SampleRNG
+
+    inpaint = SMALL + ["diffusion.inpaint=true", "diffusion.net.in_channels=7"]
+    trainer = Trainer(load_recipe("tiny_glide", inpaint + ["diffusion.full_masks=0.5"]), tmp_path / "run",
+                      progress=False, log=lambda m: None)
+    assert trainer.run().loss > 0
+    masks = trainer.stage.image_conditioning(torch.rand(64, 3, 16, 16), SampleRNG(list(range(64))))[1][:, 0]
+    whole = masks.flatten(1).min(1).values == 1
+    assert 16 <= int(whole.sum()) <= 48 and masks[~whole].mean() < 0.9  # about half erased wholly
+    system = t2i.api.system_from_training_runs(tmp_path / "run")
+    assert system.config.base.full_mask_txt2img and system.supports("txt2img") and system.supports("inpaint")
+    calls = []
+    system.base.unet.register_forward_pre_hook(lambda m, args: calls.append(args[0][:, 3:].clone()))
+    assert system.sample("a red circle", steps=2).shape == (1, 3, 16, 16)
+    assert torch.all(calls[0][:, 0] == 1) and torch.all(calls[0][:, 1:] == 0)  # repaint all, nothing kept
+    mask = torch.zeros(16, 16)
+    mask[4:12, 4:12] = 1
+    out = system.sample("a red circle", steps=2, image=Image.new("RGB", (16, 16), "blue"),
+                        mask=Image.fromarray((mask.numpy() * 255).astype("uint8")))
+    assert out.shape == (1, 3, 16, 16) and torch.equal(calls[-1][:, 0], mask.expand_as(calls[-1][:, 0]))
+    Trainer(load_recipe("tiny_glide", inpaint), tmp_path / "plain", progress=False, log=lambda m: None).run()
+    plain = t2i.api.system_from_training_runs(tmp_path / "plain")
+    assert not plain.supports("txt2img") and plain.supports("inpaint")
+    with pytest.raises(RecipeError, match="full_masks = 0.5: erases regions for inpainting"):
+        load_recipe("tiny_glide", ["diffusion.full_masks=0.5"])
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["diffusion.inpaint=true"], r"in_channels = 3: must be 7 \(3 image \+ 4 mask \+ erased image"),
     (["diffusion.lowres_size=8"], r"in_channels = 3: must be 6 \(3 image \+ 3 low-res"),
@@ -195,8 +226,9 @@ def test_recipes_with_misfit_channels_are_named(tmp_path, overrides, message):
         Trainer(load_recipe("tiny_glide", overrides), tmp_path, progress=False, log=lambda m: None).run()
 
 
-@pytest.mark.parametrize("name,extra", [("shapes_glide", 0), ("shapes_glide_upsampler", 3),
-                                        ("shapes_glide_inpaint", 4), ("tiny_glide_upsampler", 3)])
+@pytest.mark.parametrize("name,extra", [("shapes_glide", 4), ("shapes_glide_upsampler", 3), ("shapes_glide_gpu", 0),
+                                        ("shapes_glide_upsampler_gpu", 3), ("shapes_glide_inpaint_gpu", 4),
+                                        ("tiny_glide_upsampler", 3)])
 def test_glide_recipes_parse_and_their_channels_fit(name, extra):
     o = load_recipe(name).options
     assert o.extra_channels() == extra and o.net["in_channels"] == 3 + extra and o.pooled

@@ -151,7 +151,8 @@ def _pixel_stages(base_run: str | os.PathLike, sr_run: str | os.PathLike | None,
         config = PixelStageConfig(
             unet=UNetConfig.from_dict(o.net), schedule=o.schedule_config, sampling=o.sampling_config,
             text=o.text_config, prediction=o.prediction, sample_size=int(ckpt.config.get("data", {}).get("size", 64)),
-            lowres_size=o.lowres_size, inpaint=o.inpaint, lowres_noise=min(SAMPLE_LOWRES_NOISE, o.lowres_noise))
+            lowres_size=o.lowres_size, inpaint=o.inpaint, full_mask_txt2img=o.inpaint and o.full_masks > 0,
+            lowres_noise=min(SAMPLE_LOWRES_NOISE, o.lowres_noise))
         stages.append((config, _run_tokenizer(ckpt, o.text_encoder), ckpt, ckpt_path))
         names.append(run.name)
     return stages, names

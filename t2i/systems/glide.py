@@ -95,7 +95,7 @@ class GLIDE(SystemBase):
 
     @property
     def inpainting_only(self) -> bool:
-        return self.config.base.inpaint
+        return self.config.base.inpaint and not self.config.base.full_mask_txt2img
 
     @property
     def default_sampling(self) -> SamplingConfig:

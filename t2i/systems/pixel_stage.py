@@ -41,6 +41,8 @@ class PixelStageConfig(Config):
     lowres_size: int = 0  # > 0: a super-resolution stage fed the previous stage's image of this size
     lowres_noise: float = 0.0  # its noise augmentation at sampling time, a fraction of the timesteps
     inpaint: bool = False  # the UNet takes the mask and the masked image as 4 extra input channels
+    full_mask_txt2img: bool = False  # inpaint, trained on all-ones masks too (`full_masks`): with no mask it is
+    # given one that repaints everything, so the one network also generates from text alone
     upsample_first: bool = False  # DeepFloyd IF: x_T drawn, then the low-res image enlarged and augmented (sampling)
     learned_variance: bool = False  # the UNet also outputs DDPM's variance value (Improved DDPM; GLIDE, IF)
 
@@ -50,6 +52,8 @@ class PixelStageConfig(Config):
             raise ValueError(f"a UNet with {self.unet.in_channels} -> {self.unet.out_channels} channels does not "
                              f"fit this stage: in_channels must be {want} (3 + 3 low-res + 4 inpainting, as set), "
                              f"out_channels {out} (3, twice with learned_variance)")
+        if self.full_mask_txt2img and not self.inpaint:
+            raise ValueError("full_mask_txt2img is for an inpainting UNet (inpaint = true)")
         if not 0 <= self.lowres_noise < 1 or self.lowres_size >= self.sample_size:
             raise ValueError("lowres_noise must be in [0, 1) and lowres_size smaller than sample_size")
 
@@ -110,8 +114,10 @@ class PixelStage(nn.Module):
         noise = randn(shape, weight, generator) if c.upsample_first else None  # IF draws x_T first
         concat = [] if plan.lowres is None else [self.lowres(plan.lowres.to(weight), (h, w), level, generator)]
         extra = {} if plan.lowres is None else aug_level_input(self.unet, self.schedule, level, shape[0])
-        if c.inpaint:
-            concat.append(inpaint_condition(pixels, repaint.expand(len(r.batch), -1, -1, -1)))
+        if c.inpaint:  # no mask (full_mask_txt2img): repaint everything, the image wholly erased
+            whole = torch.ones((shape[0], 1, h, w), device=weight.device, dtype=weight.dtype)
+            concat.append(inpaint_condition(torch.zeros(shape).to(weight) if pixels is None else pixels,
+                                            whole if repaint is None else repaint.expand(len(r.batch), -1, -1, -1)))
         guidance = Guidance(plan.scale, uncond, plan.log_prob, default_threshold(plan.settings, r.threshold))
         fresh = pixels is None or (r.mask is not None and plan.strength == 1)
         run = StageRun(shape, plan.settings, cond, plan.strength, init=None if fresh else pixels, known=pixels,

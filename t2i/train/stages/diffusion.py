@@ -65,6 +65,8 @@ class DiffusionOptions(TableConfig):
     crop_size: int = 0  # > 0: train on random crops of this size (GLIDE's upsampler); samples stay full size
     inpaint: bool = False  # erase random regions; the mask and the erased image enter as 1 + C extra channels
     object_masks: float = 0.0  # inpaint: this fraction of samples erase one object's box, captioned by its name alone
+    full_masks: float = 0.0  # inpaint: this fraction of samples erase the whole image, so the one network also
+    # generates from text alone (given an all-ones mask): GLIDE's base and inpainting model trained as one
     freeze_text: bool = False  # keep the text encoder as init_from gave it (an inpainting UNet shares its system's)
 
     def check(self) -> None:
@@ -80,7 +82,7 @@ class DiffusionOptions(TableConfig):
         for key in ("timesteps", "sample_steps", "num_samples"):
             if getattr(self, key) < 1:
                 raise bad(key, getattr(self, key), "must be at least 1")
-        for key in ("p_uncond", "object_masks"):
+        for key in ("p_uncond", "object_masks", "full_masks"):
             if not 0 <= getattr(self, key) <= 1:
                 raise bad(key, getattr(self, key), "must be in [0, 1]")
         if self.gamma <= 0:
@@ -92,6 +94,11 @@ class DiffusionOptions(TableConfig):
                 raise bad(key, getattr(self, key), "must be >= 0 (0: off)")
         if not 0 <= self.lowres_noise <= 1:
             raise bad("lowres_noise", self.lowres_noise, "must be in [0, 1] (a fraction of the timesteps)")
+        if (self.object_masks or self.full_masks) and not self.inpaint:
+            raise bad("full_masks" if self.full_masks else "object_masks", self.full_masks or self.object_masks,
+                      "erases regions for inpainting: set inpaint = true")
+        if self.object_masks + self.full_masks > 1:
+            raise bad("full_masks", self.full_masks, "plus object_masks must be at most 1")
         if self.first_stage and (self.lowres_size or self.crop_size):
             raise bad("first_stage", self.first_stage, "lowres_size and crop_size are for pixel stages")
         kinds = [k for k, kind in TEXT_ENCODERS.items() if not kind.needs_tokenizer] + ["none"]
@@ -427,6 +434,9 @@ class DiffusionStage:
             boxes = boxes or [None] * len(rng)
             mask = torch.stack([random_mask(g, source.shape[-1]) if box is None else box_mask(box, source.shape[-1])
                                 for g, box in zip(rng.generators, boxes)]).to(source)  # (B, 1, H, W)
+            if o.full_masks:  # drawn only when asked, so other recipes' random streams stay as they were
+                full = (rng.rand() < o.full_masks) & torch.tensor([box is None for box in boxes])
+                mask[full.to(mask.device)] = 1
             parts.append(self.inpaint_inputs(source, mask))
         return images, torch.cat(parts, dim=1)
 
