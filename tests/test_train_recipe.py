@@ -63,6 +63,28 @@ def test_invalid_toml_and_missing_recipe(tmp_path):
         load_recipe("nope.toml")
 
 
+def test_extends_changes_only_the_keys_a_recipe_sets(tmp_path):
+    """`extends`: a bundled name or a path beside the file; tables merge key by key (nested too), lists and
+    scalars replace; chains resolve; a loop is named."""
+    (tmp_path / "child.toml").write_text('extends = "tiny_pixel"\ndescription = "child"\n[train]\nlr = 0.5\n'
+                                         '[diffusion.net]\nblock_channels = [8]\n')
+    (tmp_path / "grandchild.toml").write_text('extends = "child.toml"\n[data]\nsize = 16\n')
+    base, child, grand = (load_recipe(n) for n in ("tiny_pixel", tmp_path / "child.toml",
+                                                   tmp_path / "grandchild.toml"))
+    assert child.train.lr == 0.5 and child.description == "child" and child.options.net["block_channels"] == [8]
+    assert {k: v for k, v in child.options.net.items() if k != "block_channels"} == {
+        k: v for k, v in base.options.net.items() if k != "block_channels"}  # the rest of the table is kept
+    assert child.train.steps == base.train.steps and child.data == base.data
+    assert grand.data.size == 16 and grand.train.lr == 0.5 and grand.options.net == child.options.net
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(RecipeError, match="extends loops or runs too deep: a -> b -> a"):
+        load_recipe(tmp_path / "a.toml")
+    (tmp_path / "c.toml").write_text('extends = "no_such_recipe"\n')
+    with pytest.raises(RecipeError, match="no bundled recipe of that name"):
+        load_recipe(tmp_path / "c.toml")
+
+
 def test_lr_schedule_warmup_then_cosine_or_constant():
     cfg = TrainConfig(steps=110, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1)

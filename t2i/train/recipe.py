@@ -3,6 +3,8 @@
 A recipe has a top-level `stage = "..."` (a key of `t2i.train.registry.STAGES`), a `[data]`
 table, a `[train]` table, and one table named after the stage (`[diffusion]`, `[autoencoder]`)
 that the stage's own config class reads. Bundled recipes live in `t2i/train/recipes/`.
+`extends = "other_recipe"` starts from another recipe (a bundled name or a path beside this file) and
+changes only the keys this file sets: tables merge key by key, other values replace.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from t2i.train.registry import STAGES
 
 LR_SCHEDULES = ("cosine", "constant")
 TOP_LEVEL = ("stage", "description", "data", "train")
+MAX_EXTENDS = 8  # the longest chain of `extends` followed
 
 
 @dataclass(frozen=True)
@@ -192,13 +195,38 @@ def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, An
     return out
 
 
-def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and check a recipe; errors name the file, section, key and value."""
-    path = resolve_recipe(name_or_path)
+def merge_tables(base: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `change` applied: tables present in both merge key by key, any other value replaces."""
+    out = dict(base)
+    for key, value in change.items():
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = merge_tables(out[key], value) if both else value
+    return out
+
+
+def read_table(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file's table with its `extends` chain resolved (a bundled name, or a path relative to it)."""
     try:
         table = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"recipe {path}: not valid TOML: {e}") from None
+    parent = table.pop("extends", None)
+    if parent is None:
+        return table
+    if not isinstance(parent, str) or not parent:
+        raise RecipeError(f"recipe {path.name}: extends = {parent!r} must name a recipe")
+    beside = path.parent / parent
+    parent_path = beside if beside.is_file() else resolve_recipe(parent)
+    if parent_path.resolve() in chain or len(chain) >= MAX_EXTENDS:
+        names = " -> ".join(p.stem for p in (*chain, path.resolve(), parent_path.resolve()))
+        raise RecipeError(f"recipe {path.name}: extends loops or runs too deep: {names}")
+    return merge_tables(read_table(parent_path, (*chain, path.resolve())), table)
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and check a recipe; errors name the file, section, key and value."""
+    path = resolve_recipe(name_or_path)
+    table = read_table(path)
     try:
         return Recipe.from_dict(apply_overrides(table, overrides or []))
     except (RecipeError, ValueError) as e:
