@@ -197,6 +197,8 @@ def test_full_masks_make_one_network_both_base_and_inpainting_model(tmp_path):
     masks = trainer.stage.image_conditioning(torch.rand(64, 3, 16, 16), SampleRNG(list(range(64))))[1][:, 0]
     whole = masks.flatten(1).min(1).values == 1
     assert 16 <= int(whole.sum()) <= 48 and masks[~whole].mean() < 0.9  # about half erased wholly
+    grid = trainer.stage.grid_conditioning(4)[:, 0]  # the sample grid: half from text alone, half inpainted
+    assert torch.all(grid[:2] == 1) and 0 < grid[2:].mean() < 1
     system = t2i.api.system_from_training_runs(tmp_path / "run")
     assert system.config.base.full_mask_txt2img and system.supports("txt2img") and system.supports("inpaint")
     calls = []

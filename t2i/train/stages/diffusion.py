@@ -467,7 +467,8 @@ class DiffusionStage:
 
     def grid_conditioning(self, n: int) -> torch.Tensor:
         """Extra channels for n grid samples from the first examples: their low-res image at the
-        lowest augmentation level, and/or the centre square erased."""
+        lowest augmentation level, and/or the centre square erased (everything, in the first half, with
+        `full_masks`)."""
         from t2i.diffusion.conditioning import lowres_condition
 
         o = self.options
@@ -480,6 +481,8 @@ class DiffusionStage:
         if o.inpaint:
             mask = torch.zeros((n, 1, *size), device=self.device)
             mask[..., size[0] // 4:3 * size[0] // 4, size[1] // 4:3 * size[1] // 4] = 1
+            if o.full_masks:  # the first half of the grid from text alone, as the model is used most
+                mask[: (n + 1) // 2] = 1
             parts.append(self.inpaint_inputs(images, mask))
         return torch.cat(parts, dim=1)
 
