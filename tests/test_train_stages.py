@@ -121,6 +121,23 @@ def test_a_run_continues_from_a_system_folder(tmp_path):
                 tmp_path / "bad", progress=False, log=lambda m: None).setup()
 
 
+def test_a_pixel_base_continues_from_a_saved_cascade(tmp_path):
+    """init_from = a GLIDE folder (its first stage, base/) or base/ itself: the base run starts from the saved
+    UNet, text encoder and tokenizer, so training goes on from shipped weights when the run folder is gone."""
+    from t2i.api import system_from_training_runs
+    from t2i.io.weights import load_safetensors
+
+    Trainer(load_recipe("tiny_glide", SMALL), tmp_path / "base", progress=False, log=lambda m: None).run()
+    folder = system_from_training_runs(tmp_path / "base").save(tmp_path / "glide", dtype=torch.float16)
+    unet = load_safetensors(folder / "base" / "unet.safetensors")
+    for init in (folder, folder / "base"):
+        trainer = Trainer(load_recipe("tiny_glide", SMALL + [f"diffusion.init_from='{init}'"]), tmp_path / "more",
+                          progress=False, log=lambda m: None)
+        trainer.setup()
+        assert all(torch.equal(v, unet[k].float()) for k, v in trainer.stage.model["net"].state_dict().items())
+        assert trainer.stage.model["text"].tokenizer.to_json() == (folder / "base" / "tokenizer.json").read_text()
+
+
 def test_convert_step_exports_a_diffusion_runs_checkpoint_of_that_step(tmp_path):
     """`t2i convert RUN DST --step N` writes the system of the run's step-N checkpoint (a learning curve reads
     every checkpoint), not only for controlnet runs; --step on a folder that is not a run is a one-line error."""

@@ -52,7 +52,7 @@ class DiffusionOptions(TableConfig):
     pooled: bool = False  # also pass the pooled text vector to the network as `pooled`
     p_uncond: float = 0.1  # caption dropout for classifier-free guidance
     first_stage: str = ""  # an autoencoder run / checkpoint, or a t2i LDM folder or shipped system: train on its latents
-    init_from: str = ""  # a t2i system folder or shipped system (e.g. "ldm") whose UNet + text encoder start the run
+    init_from: str = ""  # a t2i system folder, shipped system ("ldm") or cascade stage ("glide/base") to start from
     latent_scale: float = 0.0  # replaces the first stage's scaling_factor (1 / latent std); 0: keep it
     sampler: str = "dpmpp_2m"
     sample_steps: int = 20
@@ -203,14 +203,25 @@ def _system_autoencoder(folder: Path, latent_scale: float) -> nn.Module:
     return ae.float()
 
 
+def init_folder(name_or_path: str) -> Path | None:
+    """Where init_from's unet / text_encoder / tokenizer lie: a t2i system folder or a shipped system's, or one
+    stage of a pixel cascade ("glide/base", a path to it, or the cascade alone for its first stage, base/)."""
+    from t2i.io.weights import index_path, shipped_weights
+
+    folder = system_folder(name_or_path)
+    places = [folder, folder / "base"] if folder is not None else [Path(name_or_path), shipped_weights(name_or_path)]
+    has_unet = lambda f: (f / "unet.safetensors").is_file() or index_path(f / "unet.safetensors").is_file()  # noqa: E731
+    return next((f for f in places if has_unet(f)), None)
+
+
 def init_from_system(model: nn.ModuleDict, name_or_path: str) -> None:
     """Start a stage's "net" and "text" from a t2i system folder's unet / text_encoder weights (fine-tuning)."""
     from t2i.io.weights import index_path, load_into, load_sharded
 
-    folder = system_folder(name_or_path)
+    folder = init_folder(name_or_path)
     if folder is None:
-        raise RecipeError(f"[diffusion] init_from = '{name_or_path}': neither a t2i system folder (system.json) "
-                          "nor a shipped system")
+        raise RecipeError(f"[diffusion] init_from = '{name_or_path}': neither a t2i system folder (system.json), "
+                          "a shipped system nor a cascade stage's folder with a unet")
     parts = {"net": (lambda m: m, "unet.safetensors"), "text": (lambda m: m.transformer, "text_encoder.safetensors")}
     for key, (part, file) in parts.items():  # a system folder keeps the text encoder's transformer alone
         if key in model and ((folder / file).is_file() or index_path(folder / file).is_file()):
@@ -244,7 +255,7 @@ def add_position_encodings(state: dict[str, torch.Tensor], own: dict[str, torch.
 
 def system_tokenizer(name_or_path: str) -> str | None:
     """The word tokenizer (tokenizer.json) of a t2i system folder, so token ids match its text encoder."""
-    folder = system_folder(name_or_path)
+    folder = init_folder(name_or_path)
     path = None if folder is None else folder / "tokenizer.json"
     return path.read_text() if path is not None and path.is_file() else None
 
