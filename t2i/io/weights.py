@@ -89,6 +89,11 @@ def index_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".index.json")
 
 
+def sharded_exists(path: str | os.PathLike) -> bool:
+    """Whether `load_sharded` finds something at path: the file itself or its shards' index."""
+    return Path(path).is_file() or index_path(path).is_file()
+
+
 def save_sharded(state: Mapping[str, torch.Tensor], path: str | os.PathLike, max_bytes: int = SHARD_BYTES) -> list[Path]:
     """Write tensors as `path`, or, above max_bytes, as shards STEM-00001-of-0000N.safetensors beside an index
     mapping each tensor to its shard (as diffusers' and transformers' sharded checkpoints do)."""

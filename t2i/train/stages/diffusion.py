@@ -206,17 +206,16 @@ def _system_autoencoder(folder: Path, latent_scale: float) -> nn.Module:
 def init_folder(name_or_path: str) -> Path | None:
     """Where init_from's unet / text_encoder / tokenizer lie: a t2i system folder or a shipped system's, or one
     stage of a pixel cascade ("glide/base", a path to it, or the cascade alone for its first stage, base/)."""
-    from t2i.io.weights import index_path, shipped_weights
+    from t2i.io.weights import sharded_exists, shipped_weights
 
     folder = system_folder(name_or_path)
     places = [folder, folder / "base"] if folder is not None else [Path(name_or_path), shipped_weights(name_or_path)]
-    has_unet = lambda f: (f / "unet.safetensors").is_file() or index_path(f / "unet.safetensors").is_file()  # noqa: E731
-    return next((f for f in places if has_unet(f)), None)
+    return next((f for f in places if sharded_exists(f / "unet.safetensors")), None)
 
 
 def init_from_system(model: nn.ModuleDict, name_or_path: str) -> None:
     """Start a stage's "net" and "text" from a t2i system folder's unet / text_encoder weights (fine-tuning)."""
-    from t2i.io.weights import index_path, load_into, load_sharded
+    from t2i.io.weights import load_into, load_sharded, sharded_exists
 
     folder = init_folder(name_or_path)
     if folder is None:
@@ -224,7 +223,7 @@ def init_from_system(model: nn.ModuleDict, name_or_path: str) -> None:
                           "a shipped system nor a cascade stage's folder with a unet")
     parts = {"net": (lambda m: m, "unet.safetensors"), "text": (lambda m: m.transformer, "text_encoder.safetensors")}
     for key, (part, file) in parts.items():  # a system folder keeps the text encoder's transformer alone
-        if key in model and ((folder / file).is_file() or index_path(folder / file).is_file()):
+        if key in model and sharded_exists(folder / file):
             try:
                 own = part(model[key]).state_dict()
                 state = add_position_encodings(widen_inputs(load_sharded(folder / file), own), own)
