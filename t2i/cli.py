@@ -68,6 +68,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_run_eval_inpaint)
     _add_eval_control(benches)
     _add_eval_caption(benches)
+    _add_eval_flows(benches)
 
 
 def _add_eval_control(benches: argparse._SubParsersAction) -> None:
@@ -140,6 +141,48 @@ def _run_eval_caption(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             f.write(json.dumps({"model": args.model or "real", "n": args.n, "score": score}, indent=2) + "\n")
+    return 0
+
+
+def _add_eval_flows(benches: argparse._SubParsersAction) -> None:
+    s = benches.add_parser("flows", help="variation flows of held-out scenes, scored by the detector: image "
+                                         "variations (vd, unclip), text variations and dual guidance over mix (vd)")
+    s.add_argument("--model", metavar="NAME|PATH", required=True, help="a system with variations or its folder")
+    s.add_argument("--n", type=int, default=50, help="source scenes per measure (default: 50; mix: n / 2 pairs)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed of the first case (case i: seed + i)")
+    s.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    s.set_defaults(func=_run_eval_flows)
+
+
+def _run_eval_flows(args: argparse.Namespace) -> int:
+    import json
+
+    from t2i.api import load
+    from t2i.eval import flows
+
+    if args.n < 2:
+        raise UsageError(f"--n must be at least 2, got {args.n}")
+    try:
+        system = load(args.model)
+    except (ValueError, OSError, KeyError) as e:
+        raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
+    if not callable(getattr(system, "vary", None)):
+        raise UsageError(f"'{args.model}' has no image variations (vd and unclip have)")
+    out = {"model": args.model, "n": args.n}
+    out["vary"] = flows.variation_score(lambda image, i: system.vary(image, 2, seed=args.seed + i), args.n)
+    print(f"image variations keeping the source's objects: {out['vary']['kept']:.3f} "
+          f"(mean pixel change {out['vary']['pixel_change']:.1f}/255)")
+    if callable(getattr(system, "vary_text", None)):
+        out["vary_text"] = flows.text_variation_score(lambda c, i: system.vary_text(c, 1, seed=args.seed + i), args.n)
+        print(f"text variations keeping the caption's objects: {out['vary_text']['kept']:.3f} "
+              f"(reworded {out['vary_text']['reworded']:.2f})")
+    if callable(getattr(system, "mix", None)):
+        out["mix"] = flows.mix_table(lambda p, image, m, i: system.mix(p, image, m, seed=args.seed + i)[0],
+                                     n=max(args.n // 2, 1))
+        print(flows.format_mix_table(out["mix"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps(out, indent=2) + "\n")
     return 0
 
 
