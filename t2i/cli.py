@@ -69,6 +69,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     _add_eval_control(benches)
     _add_eval_caption(benches)
     _add_eval_flows(benches)
+    _add_eval_clip(benches)
 
 
 def _add_eval_control(benches: argparse._SubParsersAction) -> None:
@@ -183,6 +184,36 @@ def _run_eval_flows(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             f.write(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def _add_eval_clip(benches: argparse._SubParsersAction) -> None:
+    s = benches.add_parser("clip", help="zero-shot text -> image retrieval of a ShapesWorld CLIP on held-out scenes")
+    s.add_argument("--model", metavar="RUN|PATH", required=True,
+                   help="a `t2i train` clip run or checkpoint folder, or a system folder with a CLIP (vd, unclip)")
+    s.add_argument("--candidates", type=int, default=100, help="images each caption picks from (default: 100)")
+    s.add_argument("--groups", type=int, default=5, help="groups of candidates averaged (default: 5)")
+    s.set_defaults(func=_run_eval_clip)
+
+
+def _run_eval_clip(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from t2i.eval.retrieval import text_to_image_top1
+
+    try:
+        if (Path(args.model) / "system.json").is_file():
+            from t2i.api import load
+
+            clip = load(args.model).clip
+        else:
+            from t2i.train.stages.prior import frozen_clip
+
+            clip = frozen_clip(args.model)
+        result = text_to_image_top1(clip, args.candidates, args.groups)
+    except (ValueError, OSError, KeyError, AttributeError) as e:
+        raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
+    print(f"text -> image top-1 among {args.candidates}: {result['top1']:.3f} ({args.groups} groups of held-out scenes)")
     return 0
 
 
