@@ -13,7 +13,7 @@ from torch import nn
 from t2i.nn.resblock import ResBlock, ResStyle
 from t2i.nn.unet import UNet, UNetConfig
 
-ROWS = 4  # S: the rows of every flat level (diffusers' second_dim)
+ROWS = 4  # S: the rows of every flat level (diffusers' second_dim); fewer make the text layers ~S^2 times smaller
 
 
 class FlatLinear(nn.Linear):
@@ -33,37 +33,41 @@ class FlatResBlock(ResBlock):
     """A ResBlock with 1x1 kernels over the (B, C*S, 1, 1) flattening of a (B, C, S, 1) state (VD's ResnetBlockFlat)."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, *, groups: int, eps: float,
-                 dropout: float = 0.0):
-        super().__init__(in_channels * ROWS, out_channels * ROWS, emb_dim, groups=groups, eps=eps, dropout=dropout,
+                 dropout: float = 0.0, rows: int = ROWS):
+        super().__init__(in_channels * rows, out_channels * rows, emb_dim, groups=groups, eps=eps, dropout=dropout,
                          style=ResStyle(kernel=1))
-        self.out_channels = out_channels
+        self.out_channels, self.rows = out_channels, rows
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """x (B, C_in, S, 1), emb (B, E) -> (B, C_out, S, 1)."""
         b = x.shape[0]
-        return super().forward(x.reshape(b, -1, 1, 1), emb).view(b, self.out_channels, ROWS, 1)
+        return super().forward(x.reshape(b, -1, 1, 1), emb).view(b, self.out_channels, self.rows, 1)
 
 
 class FlatUNet(UNet):
     """The UNet over a (B, D) vector: same levels, skips and attention; Linear in/out and resampling, flat res blocks.
 
-    Called with x (B, D, 1, 1) like a UNet; no level halves anything."""
+    Called with x (B, D, 1, 1) like a UNet; no level halves anything. `rows` is S (diffusers' second_dim, 4)."""
 
-    def __init__(self, config: UNetConfig):
+    def __init__(self, config: UNetConfig, rows: int = ROWS):
+        if rows < 1:
+            raise ValueError(f"FlatUNet: rows must be at least 1, got {rows}")
+        self.rows = rows  # read by _res during UNet.__init__
         if config.scale_shift or config.resblock_updown or config.resample_first or config.attention_block != "transformer":
             raise ValueError("FlatUNet: only the LDM layout (transformer attention, no scale-shift, conv resampling)")
         super().__init__(config)
         ch0 = config.block_channels[0]
-        self.conv_in = FlatLinear((config.in_channels, 1, 1), (ch0, ROWS, 1))
+        self.conv_in = FlatLinear((config.in_channels, 1, 1), (ch0, rows, 1))
         for block in list(self.down) + list(self.up):
             for name in ("down", "up"):
                 if getattr(block, name) is not None:
                     ch = getattr(block, name).conv.in_channels
-                    setattr(block, name, FlatLinear((ch, ROWS, 1), (ch, ROWS, 1)))
-        self.conv_out = FlatLinear((ch0, ROWS, 1), (config.out_channels, 1, 1))
+                    setattr(block, name, FlatLinear((ch, rows, 1), (ch, rows, 1)))
+        self.conv_out = FlatLinear((ch0, rows, 1), (config.out_channels, 1, 1))
         nn.init.zeros_(self.conv_out.weight)  # a fresh model predicts zero, as the image UNet does
         nn.init.zeros_(self.conv_out.bias)
 
     def _res(self, in_ch: int, out_ch: int, resample: str | None = None) -> ResBlock:
         c = self.config
-        return FlatResBlock(in_ch, out_ch, c.emb_dim, groups=c.norm_groups, eps=c.norm_eps, dropout=c.dropout)
+        return FlatResBlock(in_ch, out_ch, c.emb_dim, groups=c.norm_groups, eps=c.norm_eps, dropout=c.dropout,
+                            rows=self.rows)

@@ -61,6 +61,7 @@ class MultiFlowConfig:
 
     image: UNetConfig = UNetConfig()
     text_dim: int = 768  # width of the text latent vector the text flows denoise (Optimus's z)
+    text_rows: int = 4  # the flat levels' rows S (diffusers' second_dim); the text layers grow as S^2
 
     @property
     def text(self) -> UNetConfig:
@@ -68,14 +69,14 @@ class MultiFlowConfig:
         return dataclasses.replace(self.image, in_channels=self.text_dim, out_channels=self.text_dim)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image.to_dict(), "text_dim": self.text_dim}
+        return {"image": self.image.to_dict(), "text_dim": self.text_dim, "text_rows": self.text_rows}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MultiFlowConfig:
-        unknown = sorted(set(d) - {"image", "text_dim"})
+        unknown = sorted(set(d) - {"image", "text_dim", "text_rows"})
         if unknown:
             raise ValueError(f"MultiFlowConfig: unknown fields {unknown}")
-        return cls(UNetConfig.from_dict(d["image"]), int(d.get("text_dim", 768)))
+        return cls(UNetConfig.from_dict(d["image"]), int(d.get("text_dim", 768)), int(d.get("text_rows", 4)))
 
 
 class MixedAttention(nn.Module):
@@ -134,7 +135,7 @@ class MultiFlowUNet(nn.Module):
     def __init__(self, config: MultiFlowConfig):
         super().__init__()
         self.config = config
-        image, text = UNet(config.image), FlatUNet(config.text)
+        image, text = UNet(config.image), FlatUNet(config.text, config.text_rows)
         self.time_embed = image.time_embed  # global layer: one timestep embedding for every flow
         image.time_embed = text.time_embed = None
         self.data = nn.ModuleDict({"image": image, "text": text})
