@@ -173,6 +173,12 @@ def _run_eval_flows(args: argparse.Namespace) -> int:
     out["vary"] = flows.variation_score(lambda image, i: system.vary(image, 2, seed=args.seed + i), args.n)
     print(f"image variations keeping the source's objects: {out['vary']['kept']:.3f} "
           f"(mean pixel change {out['vary']['pixel_change']:.1f}/255)")
+    if getattr(system, "text_vae", None) is not None:
+        from t2i.eval.caption import held_out_captions, reconstruction_accuracy
+
+        out["text_vae_exact"] = reconstruction_accuracy(system.text_vae, system.clip.tokenizer,
+                                                        held_out_captions(max(args.n, 100)))
+        print(f"text VAE exact-match reconstruction of held-out captions: {out['text_vae_exact']:.3f}")
     if callable(getattr(system, "vary_text", None)):
         out["vary_text"] = flows.text_variation_score(lambda c, i: system.vary_text(c, 1, seed=args.seed + i), args.n)
         print(f"text variations keeping the caption's objects: {out['vary_text']['kept']:.3f} "

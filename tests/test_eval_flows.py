@@ -50,7 +50,7 @@ def test_cli_eval_flows_runs_every_flow_of_a_vd_folder(tmp_path, capsys):
     folder = str(VersatileDiffusion.tiny().save(tmp_path / "vd"))
     assert main(["eval", "flows", "--model", folder, "--n", "2", "--json", str(tmp_path / "f.json")]) == 0
     out = json.loads((tmp_path / "f.json").read_text())
-    assert {"vary", "vary_text", "mix"} <= set(out) and len(out["mix"]) == 5
+    assert {"vary", "vary_text", "mix", "text_vae_exact"} <= set(out) and len(out["mix"]) == 5
     assert 0 <= out["vary"]["kept"] <= 1 and len(out["vary"]["cases"]) == 2
     assert "image variations keeping" in capsys.readouterr().out
     assert main(["eval", "flows", "--model", folder, "--n", "1"]) == 2
