@@ -82,3 +82,20 @@ def test_bad_inputs_are_one_line(system):
         system.vary(Image.new("RGB", (4, 4)))
     with pytest.raises(ValueError, match="amount"):
         system.vary(source(), toward="a red circle", amount=2.0)
+
+
+def test_a_clip_shared_with_another_system_is_not_stored_again(tmp_path):
+    from t2i.systems.vd import VersatileDiffusion
+
+    vd = VersatileDiffusion.tiny(seed=1)  # tiny VD and tiny unCLIP use one CLIP configuration
+    home = vd.save(tmp_path / "vd")
+    config = dataclasses.replace(UnCLIP.tiny().config, clip_from=str(home))
+    shared = UnCLIP(config, vd.clip).eval()
+    folder = shared.save(tmp_path / "unclip")
+    assert not (folder / "clip.safetensors").exists() and not (folder / "tokenizer.json").exists()
+    again = UnCLIP.load(folder)
+    assert all(torch.equal(a, b) for a, b in zip(again.clip.state_dict().values(), vd.clip.state_dict().values()))
+    assert np.array_equal(arrays(again.vary(source(), 1, seed=0)), arrays(shared.vary(source(), 1, seed=0)))
+    (home / "system.json").unlink()
+    with pytest.raises(ValueError, match="shared from"):
+        UnCLIP.load(folder)

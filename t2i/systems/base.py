@@ -130,6 +130,17 @@ def save_clip(clip: nn.Module, folder: Path) -> None:
     (folder / "tokenizer.json").write_text(clip.tokenizer.to_json())
 
 
+def clip_home(folder: Path, clip_from: str = "") -> Path:
+    """The folder holding a system's CLIP (clip.safetensors, tokenizer.json): its own, or that of the system
+    `clip_from` names, whose CLIP it shares instead of storing a second copy."""
+    if not clip_from:
+        return folder
+    home = system_folder(clip_from)
+    if home is None or not (home / "tokenizer.json").is_file():
+        raise ValueError(f"the CLIP is shared from {clip_from!r}, which is not an installed system with a CLIP")
+    return home
+
+
 def load_clip(config: Any, folder: Path) -> nn.Module:
     """The ShapesWorld CLIP of `config` with the tokenizer `save_clip` wrote (weights loaded with the parts)."""
     from t2i.encoders.clip import CLIPModel

@@ -19,8 +19,8 @@ from t2i.diffusion.samplers import Generators
 from t2i.encoders.clip import CLIPModel
 from t2i.encoders.tokenizer import WordTokenizer
 from t2i.nn.prior import slerp, text_diff
-from t2i.systems.base import (image_to_tensor, load_clip, load_parts, read_system, save_clip, save_parts, tensor_to_images,
-                              write_system_json)
+from t2i.systems.base import (clip_home, image_to_tensor, load_clip, load_parts, read_system, save_clip, save_parts,
+                              tensor_to_images, write_system_json)
 from t2i.systems.cascade import NETWORKS, StageConfig
 from t2i.systems.request import GenerationRequest
 from t2i.systems.stage import Guidance, StageRun, aug_level_input, augmented_lowres, sample_stage, stage_denoiser
@@ -136,8 +136,11 @@ class UnCLIP(SystemBase):
         return tensor_to_images(self.decode(embed, text, self.plan, torch.Generator().manual_seed(seed), shared=True))
 
     def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        folder = save_parts(Path(folder), {"stages": self.nets, "clip": self.clip}, dtype)
-        save_clip(self.clip, folder)
+        """system.json, the stages and the CLIP (unless config.clip_from names the system it is shared with)."""
+        own_clip = not self.config.clip_from
+        folder = save_parts(Path(folder), {"stages": self.nets, **({"clip": self.clip} if own_clip else {})}, dtype)
+        if own_clip:
+            save_clip(self.clip, folder)
         write_system_json(folder, "unclip", 1, self.name, self.config)
         return folder
 
@@ -145,6 +148,8 @@ class UnCLIP(SystemBase):
     def load(cls, folder: str | Path, name: str | None = None) -> "UnCLIP":
         folder = Path(folder)
         config, saved = read_system(folder, "unclip", 1, UnCLIPConfig)
-        system = cls(config, load_clip(config.clip, folder), name or saved)
-        load_parts(folder, {"stages": system.nets, "clip": system.clip})
+        home = clip_home(folder, config.clip_from)
+        system = cls(config, load_clip(config.clip, home), name or saved)
+        load_parts(folder, {"stages": system.nets})
+        load_parts(home, {"clip": system.clip})
         return system.eval()

@@ -27,6 +27,7 @@ class UnCLIPConfig(Config):
     clip: CLIPConfig = CLIPConfig()
     stages: tuple[StageConfig, ...] = ()
     prior_picks: int = 1  # embeddings drawn per image; the one closest to the text embedding is kept (sec. 2.2)
+    clip_from: str = ""  # a system (shipped name or folder) whose CLIP this one uses, not stored again ("": its own)
 
     def __post_init__(self) -> None:
         kinds = tuple(s.network for s in self.stages)
