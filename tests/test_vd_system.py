@@ -158,18 +158,22 @@ def test_cli_eval_caption(vd, tmp_path, capsys):
     assert 0 <= __import__("json").loads((tmp_path / "c.json").read_text())["score"] <= 1
 
 
-def test_fewer_text_rows_shrink_the_text_layers_and_the_folder_keeps_them(tmp_path):
+def test_text_rows_norm_groups_and_context_scale_are_kept_by_the_folder(tmp_path):
     import dataclasses
 
     from t2i.systems.vd_config import tiny_config
 
     config = tiny_config()
-    one_row = dataclasses.replace(config, net=dataclasses.replace(config.net, text_rows=1))
+    one_row = dataclasses.replace(config, net=dataclasses.replace(config.net, text_rows=1, text_norm_groups=4),
+                                  context_scale=2.0)
     clip = VersatileDiffusion.tiny().clip
     sizes = {rows: sum(p.numel() for p in VersatileDiffusion(c, clip).net.data["text"].parameters())
              for rows, c in ((4, config), (1, one_row))}
     assert sizes[1] * 4 < sizes[4]  # the Linear layers grow as rows^2
     system = VersatileDiffusion(one_row, clip).eval()
     again = VersatileDiffusion.load(system.save(tmp_path / "vd"))
-    assert again.config.net.text_rows == 1
+    assert (again.config.net.text_rows, again.config.net.text_norm_groups, again.config.context_scale) == (1, 4, 2.0)
+    assert again.net.data["text"].norm_out.num_groups == 4 and again.net.data["image"].norm_out.num_groups == 8
+    unscaled = VersatileDiffusion(config, clip)
+    assert torch.allclose(system.text_context(["a red circle"]), 2 * unscaled.text_context(["a red circle"]))
     assert again.vary_text("a red circle", 2, seed=0, steps=2) == system.vary_text("a red circle", 2, seed=0, steps=2)

@@ -47,12 +47,13 @@ class FlatResBlock(ResBlock):
 class FlatUNet(UNet):
     """The UNet over a (B, D) vector: same levels, skips and attention; Linear in/out and resampling, flat res blocks.
 
-    Called with x (B, D, 1, 1) like a UNet; no level halves anything. `rows` is S (diffusers' second_dim, 4)."""
+    Called with x (B, D, 1, 1) like a UNet; no level halves anything. `rows` is S (diffusers' second_dim, 4);
+    `groups` (0: config.norm_groups) the GroupNorm groups of its res blocks and output norm, not of its attention."""
 
-    def __init__(self, config: UNetConfig, rows: int = ROWS):
-        if rows < 1:
-            raise ValueError(f"FlatUNet: rows must be at least 1, got {rows}")
-        self.rows = rows  # read by _res during UNet.__init__
+    def __init__(self, config: UNetConfig, rows: int = ROWS, groups: int = 0):
+        if rows < 1 or groups < 0:
+            raise ValueError(f"FlatUNet: rows must be at least 1 and groups at least 0, got {rows}, {groups}")
+        self.rows, self.groups = rows, groups or config.norm_groups  # read by _res during UNet.__init__
         if config.scale_shift or config.resblock_updown or config.resample_first or config.attention_block != "transformer":
             raise ValueError("FlatUNet: only the LDM layout (transformer attention, no scale-shift, conv resampling)")
         super().__init__(config)
@@ -63,11 +64,12 @@ class FlatUNet(UNet):
                 if getattr(block, name) is not None:
                     ch = getattr(block, name).conv.in_channels
                     setattr(block, name, FlatLinear((ch, rows, 1), (ch, rows, 1)))
+        self.norm_out = nn.GroupNorm(self.groups, ch0, eps=config.norm_eps)
         self.conv_out = FlatLinear((ch0, rows, 1), (config.out_channels, 1, 1))
         nn.init.zeros_(self.conv_out.weight)  # a fresh model predicts zero, as the image UNet does
         nn.init.zeros_(self.conv_out.bias)
 
     def _res(self, in_ch: int, out_ch: int, resample: str | None = None) -> ResBlock:
         c = self.config
-        return FlatResBlock(in_ch, out_ch, c.emb_dim, groups=c.norm_groups, eps=c.norm_eps, dropout=c.dropout,
+        return FlatResBlock(in_ch, out_ch, c.emb_dim, groups=self.groups, eps=c.norm_eps, dropout=c.dropout,
                             rows=self.rows)

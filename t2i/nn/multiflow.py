@@ -62,6 +62,7 @@ class MultiFlowConfig:
     image: UNetConfig = UNetConfig()
     text_dim: int = 768  # width of the text latent vector the text flows denoise (Optimus's z)
     text_rows: int = 4  # the flat levels' rows S (diffusers' second_dim); the text layers grow as S^2
+    text_norm_groups: int = 0  # GroupNorm groups of the text data layers (0: the image UNet's; fewer when C*S is small)
 
     @property
     def text(self) -> UNetConfig:
@@ -69,14 +70,16 @@ class MultiFlowConfig:
         return dataclasses.replace(self.image, in_channels=self.text_dim, out_channels=self.text_dim)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image.to_dict(), "text_dim": self.text_dim, "text_rows": self.text_rows}
+        return {"image": self.image.to_dict(), "text_dim": self.text_dim, "text_rows": self.text_rows,
+                "text_norm_groups": self.text_norm_groups}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MultiFlowConfig:
-        unknown = sorted(set(d) - {"image", "text_dim", "text_rows"})
+        unknown = sorted(set(d) - {"image", "text_dim", "text_rows", "text_norm_groups"})
         if unknown:
             raise ValueError(f"MultiFlowConfig: unknown fields {unknown}")
-        return cls(UNetConfig.from_dict(d["image"]), int(d.get("text_dim", 768)), int(d.get("text_rows", 4)))
+        return cls(UNetConfig.from_dict(d["image"]), int(d.get("text_dim", 768)), int(d.get("text_rows", 4)),
+                   int(d.get("text_norm_groups", 0)))
 
 
 class MixedAttention(nn.Module):
@@ -135,7 +138,7 @@ class MultiFlowUNet(nn.Module):
     def __init__(self, config: MultiFlowConfig):
         super().__init__()
         self.config = config
-        image, text = UNet(config.image), FlatUNet(config.text, config.text_rows)
+        image, text = UNet(config.image), FlatUNet(config.text, config.text_rows, config.text_norm_groups)
         self.time_embed = image.time_embed  # global layer: one timestep embedding for every flow
         image.time_embed = text.time_embed = None
         self.data = nn.ModuleDict({"image": image, "text": text})

@@ -62,14 +62,14 @@ class VersatileDiffusion(TextFlows, SystemBase):
     def text_context(self, captions: list[str]) -> torch.Tensor:
         """CLIP's projected text tokens (B, L, E), scaled as VD scales them (the text context)."""
         pooled, tokens, _ = self.clip.text(captions)
-        return token_context(self.clip.text_projection(tokens), self.clip.text_projection(pooled))
+        return token_context(self.clip.text_projection(tokens), self.clip.text_projection(pooled)) * self.config.context_scale
 
     def image_context(self, pixels: torch.Tensor) -> torch.Tensor:
         """CLIP's projected image tokens (B, 1 + N, E) of pixels in [-1, 1] (the image context)."""
         side = self.config.clip.image.image_size
         pixels = torch.nn.functional.interpolate(pixels, size=(side, side), mode="bilinear", antialias=True)
         pooled, tokens = self.clip.image(pixels.to(self.device))
-        return token_context(self.clip.image.proj(tokens), pooled)
+        return token_context(self.clip.image.proj(tokens), pooled) * self.config.context_scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> pixels (B, 3, H, W) in [0, 1]."""

@@ -30,6 +30,7 @@ class VDConfig(Config):
     sample_size: int = 64  # default image side in pixels
     text_vae: TextVAEConfig = TextVAEConfig(latent_dim=768)  # the text latent (VD's Optimus: 768 wide)
     text_scale: float = 1.0  # text flows denoise text_scale * z (1 / std of the VAE's posterior means)
+    context_scale: float = 1.0  # contexts are VD's tokens / |pooled| times this (sqrt(E) gives unit-std tokens)
 
     def __post_init__(self) -> None:
         lat, unet = self.autoencoder.latent_channels, self.net.image

@@ -37,6 +37,8 @@ class VDOptions(TableConfig):
     clip_run: str = ""  # a `t2i train` clip run (clean images): its EMA CLIP, frozen, gives both contexts
     text_vae_run: str = ""  # a `t2i train` text_vae run: its EMA text VAE, frozen, gives the text latents
     text_rows: int = 4  # rows S of the text flow's flat levels (diffusers' second_dim); its layers grow as S^2
+    text_norm_groups: int = 0  # GroupNorm groups of the text data layers (0: the UNet's; few values per group at S=1)
+    context_scale: float = 1.0  # contexts times this (VD's tokens / |pooled| are ~1/sqrt(E) wide; sqrt(E): unit)
     weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # text->image, variation, image->text, text variation
     weighting: str = "min_snr"  # the diffusion loss weighting (t2i.diffusion.WEIGHTINGS)
     gamma: float = 5.0
@@ -53,8 +55,9 @@ class VDOptions(TableConfig):
             raise bad("p_uncond", self.p_uncond, "must be in [0, 1)")
         if not (self.clip_run and self.text_vae_run):
             raise bad("clip_run / text_vae_run", "", "must name a trained clip run and a text_vae run")
-        if self.text_rows < 1:
-            raise bad("text_rows", self.text_rows, "must be at least 1")
+        if self.text_rows < 1 or self.text_norm_groups < 0 or not self.context_scale > 0:
+            raise bad("text_rows / text_norm_groups / context_scale", (self.text_rows, self.text_norm_groups,
+                                                                        self.context_scale), "must be >= 1, >= 0, > 0")
         if self.stats_examples < 2:
             raise bad("stats_examples", self.stats_examples, "must be at least 2 (a standard deviation)")
         if min(self.num_samples, self.sample_steps) < 1:
@@ -82,8 +85,9 @@ def build_system(options: VDOptions, sample_size: int, text_scale: float = 1.0) 
     c = ldm.config
     unet = dataclasses.replace(c.unet, context_dim=clip.config.embed_dim, pooled_dim=None)
     try:
-        config = VDConfig(MultiFlowConfig(unet, text_vae.config.latent_dim, options.text_rows), c.autoencoder, clip.config, c.schedule,
-                          c.prediction, c.sampling, sample_size, text_vae.config, text_scale)
+        net = MultiFlowConfig(unet, text_vae.config.latent_dim, options.text_rows, options.text_norm_groups)
+        config = VDConfig(net, c.autoencoder, clip.config, c.schedule, c.prediction, c.sampling, sample_size,
+                          text_vae.config, text_scale, options.context_scale)
         system = VersatileDiffusion(config, clip)
     except ValueError as e:
         raise RecipeError(f"[vd]: {e}") from None
